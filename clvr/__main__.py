@@ -1,0 +1,5 @@
+import sys
+
+from clvr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""The ``clvr`` command. Each subcommand's parser lives with its package and is imported
+only when used, so ``clvr shard`` never loads torch or DALI."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clvr import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clvr.shards.cli import build_parser as shard_parser
+
+    parser = argparse.ArgumentParser(prog="clvr", description="Contrastive learning of visual representations.")
+    parser.add_argument("--version", action="version", version=f"clvr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    shard_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "shard":
+        from clvr.shards.cli import run
+        return run(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

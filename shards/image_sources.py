@@ -1,0 +1,166 @@
+"""Listing image inputs: an ImageFolder tree, a flat folder, or a CSV / JSONL file list.
+
+* ImageFolder: ``SRC/<class>/**/<image>``; classes are the sub-folder names, sorted.
+* Flat folder: ``SRC/**/<image>`` with no class sub-folders; no labels.
+* CSV: ``path[,label]`` rows (a header row ``path,label`` is allowed); JSONL: ``{"path": ..,
+  "label": ..}`` per line. Paths are relative to the list's folder. Labels are class names;
+  when every label is an integer they sort numerically.
+
+Files are listed in sorted order, so the same tree always gives the same list. Every image
+is named by its path relative to SRC (or to the list's folder), so shards do not depend on
+where the data is mounted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from .errors import ShardError
+from .job import Item
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
+                  ".pnm", ".jfif"}
+
+
+def _walk(root: Path, suffixes) -> tuple[list[Path], list[Path]]:
+    """(files with one of ``suffixes``, other files), sorted, hidden files and folders skipped."""
+    found, other = [], []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            p = Path(dirpath) / f
+            (found if p.suffix.lower() in suffixes else other).append(p)
+    return found, other
+
+
+def class_order(names) -> list[str]:
+    names = set(names)
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def list_folder(root: Path, suffixes=IMAGE_SUFFIXES, what="image"):
+    """Return (items, class names or None, notes). ``notes`` are listing-level log entries."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ShardError(f"{root}: not a folder")
+    notes = []
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if subdirs:
+        classes = class_order(d.name for d in subdirs)
+        ids = {c: i for i, c in enumerate(classes)}
+        items = []
+        for c in classes:
+            found, other = _walk(root / c, suffixes)
+            items += [Item(p.relative_to(root).as_posix(), ids[c]) for p in found]
+            notes += [(p.relative_to(root).as_posix(), "sample", "rejected",
+                       f"not a{'n' if what[0] in 'aeiou' else ''} {what} file (extension {p.suffix or 'none'})")
+                      for p in other]
+        loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+        notes += [(p.name, "sample", "rejected", "file outside any class folder") for p in loose]
+        items.sort(key=lambda it: (it.label, it.src))
+        return items, classes, notes
+    found, other = _walk(root, suffixes)
+    notes += [(p.relative_to(root).as_posix(), "sample", "rejected",
+               f"not a{'n' if what[0] in 'aeiou' else ''} {what} file (extension {p.suffix or 'none'})")
+              for p in other]
+    return [Item(p.relative_to(root).as_posix()) for p in found], None, notes
+
+
+def _labelled(rows: list[tuple[str, str | None]], where: str):
+    labelled = [r for r in rows if r[1] not in (None, "")]
+    if labelled and len(labelled) != len(rows):
+        raise ShardError(f"{where}: {len(rows) - len(labelled)} rows have no label while others do; "
+                         "label every row or none")
+    if not labelled:
+        return [Item(p) for p, _ in rows], None
+    classes = class_order(str(lab) for _, lab in rows)
+    ids = {c: i for i, c in enumerate(classes)}
+    return [Item(p, ids[str(lab)]) for p, lab in rows], classes
+
+
+def list_file(path: Path):
+    """Items from a CSV or JSONL list. Returns (items, classes, root folder of the paths, notes)."""
+    path = Path(path)
+    rows, notes = [], []
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".csv":
+        for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+                continue
+            if len(row) > 2:
+                notes.append((f"{path.name}:{lineno}", "line", "rejected",
+                              f"expected 'path[,label]', got {len(row)} columns"))
+                continue
+            rows.append((row[0].strip(), row[1].strip() if len(row) > 1 else None))
+    elif path.suffix.lower() in (".jsonl", ".ndjson"):
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                p = obj.get("path") or obj.get("image") or obj.get("file")
+                if not isinstance(p, str) or not p:
+                    raise ValueError("no 'path' field")
+            except (ValueError, AttributeError) as e:
+                notes.append((f"{path.name}:{lineno}", "line", "rejected", f"invalid line: {e}"))
+                continue
+            lab = obj.get("label")
+            rows.append((p, None if lab is None else str(lab)))
+    else:
+        raise ShardError(f"{path}: a file list must be .csv or .jsonl")
+    if not rows:
+        raise ShardError(f"{path}: lists no images")
+    items, classes = _labelled(rows, str(path))
+    return items, classes, path.parent, notes
+
+
+class PrepareImageFile:
+    """``prepare`` for ``clvr shard images``: read ``root/item.src``, check it, add proposals."""
+
+    def __init__(self, root, options, proposals: str | None = None, max_proposals: int = 16):
+        self.root = str(root)
+        self.options = options
+        self.proposals = proposals
+        self.max_proposals = max_proposals
+
+    def __call__(self, item: Item):
+        from .boxes import check_box
+        from .errors import Reject
+        from .format import BOXCLS_EXT, BOXES_EXT, PROPOSAL_CATEGORY, encode_boxes
+        from .images import prepare_image
+        from .job import Prepared
+        from .proposals import felzenszwalb_boxes
+
+        path = os.path.join(self.root, item.src)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise Reject("missing file") from None
+        except OSError as e:
+            raise Reject(f"cannot read file: {e.strerror}") from None
+        img = prepare_image(data, self.options, need_pixels=self.proposals is not None)
+        meta = {"width": img.width, "height": img.height, "source_format": img.source_format}
+        if img.source_size != (img.width, img.height):
+            meta["source_size"] = list(img.source_size)
+        comps = {img.ext: img.data}
+        notes = [("sample", "converted", n) for n in img.notes]
+        if self.proposals:
+            boxes = []
+            for b in felzenszwalb_boxes(img.pixels, max_boxes=self.max_proposals):
+                clipped, _ = check_box(b, img.width, img.height)
+                if clipped is not None:
+                    boxes.append({"bbox": [round(v, 2) for v in clipped], "category": PROPOSAL_CATEGORY})
+            comps[BOXES_EXT], comps[BOXCLS_EXT] = encode_boxes(boxes)
+            meta["boxes"] = boxes
+            meta["box_source"] = self.proposals
+        return Prepared(comps, meta, notes)

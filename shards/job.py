@@ -1,0 +1,414 @@
+"""The sharding run shared by every ``clvr shard`` input kind.
+
+A kind lists its inputs as :class:`Item` s and gives a picklable ``prepare(item)`` that turns
+one into its components (or raises :class:`Reject`). This module does the rest, in order:
+
+1. take the output lock (one writer per OUT);
+2. refuse a complete OUT unless ``--overwrite``; resume an interrupted run of the same job;
+3. prepare items in a bounded process pool, in input order (``--workers``);
+4. give accepted samples their global index 0..N-1, write them into shards with DALI indexes;
+5. log rejects and conversions to ``rejects.jsonl``; ``--strict`` stops at the first reject;
+6. write the manifests last, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import Reject, ShardError
+from .format import (CLS_EXT, FORMAT_NAME, FORMAT_VERSION, INDEX_EXT, LABEL_EXT, META_EXT, UNLABELLED,
+                     encode_int64, encode_json, ordered_components, sample_key)
+from .lock import OutputLock
+from .manifest import MANIFEST_NAME, write_json_atomic
+from .parallel import ordered_map
+from .progress import Progress
+from .rejects import REJECTS_NAME, RejectLog
+from .shard_writer import TMP_SUFFIX, ShardWriter
+
+JOURNAL_NAME = ".clvr-progress.json"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input sample before preparation. ``src`` names it in every message."""
+
+    src: str
+    label: int = UNLABELLED
+    extra: dict | None = None
+
+
+@dataclass
+class Prepared:
+    """What ``prepare`` returns: the sample's payload components and metadata.
+
+    ``notes`` are ``(what, action, reason)`` for ``rejects.jsonl``: a conversion of the sample,
+    or a rejected or clipped box, that did not stop the sample from being written.
+    """
+
+    components: dict[str, bytes]
+    meta: dict = field(default_factory=dict)
+    notes: list[tuple[str, str, str]] = field(default_factory=list)
+    stats: list[str] = field(default_factory=list)  # counted into the manifest, e.g. "codec:vp9"
+
+
+@dataclass
+class Rejected:
+    reason: str
+
+
+@dataclass
+class Split:
+    name: str | None  # "train" / "val", or None for a single shard set written into OUT itself
+    items: list[Item]
+
+
+@dataclass
+class JobConfig:
+    kind: str
+    out: Path
+    command: list[str]
+    options: dict
+    shard_size: int = 1000
+    max_shard_bytes: int | None = None
+    workers: int = 1
+    strict: bool = False
+    overwrite: bool = False
+    seed: int | None = None
+    classes: list[str] | None = None
+    categories: list[dict] | None = None
+    progress: bool = True
+    resume: bool = True
+    # Listing-level log entries (src, what, action, reason), e.g. a bad line of a CSV list.
+    listing_notes: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SplitResult:
+    name: str | None
+    directory: Path
+    samples: int
+    shards: int
+    bytes: int
+    manifest: dict
+
+
+@dataclass
+class JobResult:
+    splits: list[SplitResult]
+    rejected: int
+    converted: int
+    rejected_boxes: int
+    converted_boxes: int
+    seconds: float
+    resumed: bool
+    rejects_path: Path
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.splits)
+
+
+class _SafePrepare:
+    """Runs ``prepare`` in a worker; any failure becomes a :class:`Rejected` naming its cause."""
+
+    def __init__(self, prepare: Callable[[Item], Prepared]):
+        self.prepare = prepare
+
+    def __call__(self, item: Item):
+        try:
+            return self.prepare(item)
+        except Reject as e:
+            return Rejected(e.reason)
+        except MemoryError:
+            return Rejected("out of memory while decoding")
+        except Exception as e:  # a defect of the input that no check above anticipated
+            return Rejected(f"unexpected {type(e).__name__}: {e}")
+
+
+def fingerprint(cfg: JobConfig, splits: list[Split]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"kind": cfg.kind, "options": cfg.options, "shard_size": cfg.shard_size,
+                         "max_shard_bytes": cfg.max_shard_bytes, "seed": cfg.seed,
+                         "version": FORMAT_VERSION}, sort_keys=True, default=str).encode())
+    for s in splits:
+        h.update(f"\0split {s.name}\0".encode())
+        for it in s.items:
+            h.update(f"{it.src}\0{it.label}\0".encode())
+            if it.extra is not None:
+                h.update(json.dumps(it.extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _is_ours(name: str) -> bool:
+    return (name.endswith((".tar", ".idx", TMP_SUFFIX)) or name in (MANIFEST_NAME, REJECTS_NAME, JOURNAL_NAME))
+
+
+def _clean(directory: Path, split_names: list[str | None]) -> None:
+    """Remove what an earlier clvr run wrote (and nothing else) from OUT and its split folders."""
+    dirs = [directory] + [directory / n for n in split_names if n]
+    for d in dirs:
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.is_file() and _is_ours(p.name):
+                    p.unlink()
+
+
+def _remove_tmp(directory: Path) -> None:
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.name.endswith(TMP_SUFFIX):
+                p.unlink()
+
+
+def run_job(cfg: JobConfig, splits: list[Split], prepare: Callable[[Item], Prepared],
+            log=print) -> JobResult:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in splits:
+        if s.name:
+            (out / s.name).mkdir(exist_ok=True)
+    with OutputLock(out):
+        return _run_locked(cfg, splits, prepare, out, log)
+
+
+def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
+    t0 = time.perf_counter()
+    names = [s.name for s in splits]
+    if (out / MANIFEST_NAME).exists():
+        if not cfg.overwrite:
+            raise ShardError(f"{out}: already holds a complete shard set ({MANIFEST_NAME}); "
+                             "pass --overwrite to replace it, or choose another OUT")
+        _clean(out, names)
+
+    fp = fingerprint(cfg, splits)
+    journal_path = out / JOURNAL_NAME
+    journal = None
+    if journal_path.exists():
+        try:
+            journal = json.loads(journal_path.read_text())
+        except ValueError:
+            journal = None
+        if journal is not None and (journal.get("fingerprint") != fp or not cfg.resume or cfg.overwrite):
+            log(f"note: {out} holds an interrupted run of a different job (or --no-resume); "
+                "starting over")
+            journal = None
+        elif journal is not None and not _journal_files_ok(out, journal):
+            log(f"note: {out}: files of the interrupted run are missing or changed; starting over")
+            journal = None
+    if journal is None:
+        _clean(out, names)
+        journal = {"fingerprint": fp, "rejects_bytes": 0, "splits": {}}
+        resumed = False
+    else:
+        resumed = True
+        done = sum(len(v["shards"]) for v in journal["splits"].values())
+        log(f"resuming the interrupted run in {out}: {done} shard(s) already complete")
+    for n in names:
+        _remove_tmp(out / n if n else out)
+
+    rejects = RejectLog(out, truncate_to=journal["rejects_bytes"] if resumed else None)
+    if not resumed:
+        for src, what, action, reason in cfg.listing_notes:
+            rejects.add(src, reason, action=action, what=what)
+            if cfg.strict and action == "rejected":
+                rejects.close()
+                raise ShardError(f"{src}: {reason} (--strict stops at the first reject)")
+        journal["rejects_bytes"] = rejects.position()
+    results = []
+    try:
+        for split in splits:
+            results.append(_run_split(cfg, split, prepare, out, journal, journal_path, rejects, log))
+    except BaseException:
+        rejects.close()
+        raise
+    rejects.close()
+
+    result = JobResult(
+        splits=results,
+        rejected=rejects.count("rejected", "sample") + rejects.count("rejected", "line"),
+        converted=rejects.count("converted", "sample"),
+        rejected_boxes=rejects.count("rejected", "box"),
+        converted_boxes=rejects.count("converted", "box"),
+        seconds=time.perf_counter() - t0, resumed=resumed, rejects_path=rejects.path)
+    _write_manifests(cfg, out, result)
+    journal_path.unlink(missing_ok=True)
+    return result
+
+
+def _journal_files_ok(out: Path, journal: dict) -> bool:
+    if not (out / REJECTS_NAME).exists() or (out / REJECTS_NAME).stat().st_size < journal["rejects_bytes"]:
+        return False
+    for name, state in journal["splits"].items():
+        d = out / name if name != "null" else out
+        for rec in state["shards"]:
+            p = d / rec["name"]
+            if not p.exists() or p.stat().st_size != rec["bytes"] or not (d / rec["index"]).exists():
+                return False
+    return True
+
+
+def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, journal_path: Path,
+               rejects: RejectLog, log) -> SplitResult:
+    key = str(split.name)  # "null" for the unsplit set: JSON keys are strings
+    directory = out / split.name if split.name else out
+    state = journal["splits"].setdefault(key, {"shards": [], "consumed": 0, "next_index": 0,
+                                               "components": {}, "labels": {}, "stats": {}})
+    consumed = state["consumed"]
+    next_index = state["next_index"]
+    components = Counter(state["components"])
+    labels = Counter(state["labels"])
+    stats = Counter(state["stats"])
+    # Counts up to the last finished shard; what comes after it is redone on resume.
+    pending_components: Counter = Counter()
+    pending_labels: Counter = Counter()
+    pending_stats: Counter = Counter()
+
+    def on_shard(record):
+        nonlocal pending_components, pending_labels, pending_stats
+        components.update(pending_components)
+        labels.update(pending_labels)
+        stats.update(pending_stats)
+        pending_components, pending_labels, pending_stats = Counter(), Counter(), Counter()
+        state["shards"].append(record.to_json())
+        state["consumed"] = consumed
+        state["next_index"] = next_index
+        state["components"] = dict(components)
+        state["labels"] = dict(labels)
+        state["stats"] = dict(stats)
+        journal["rejects_bytes"] = rejects.position()
+        write_json_atomic(journal_path, journal)
+
+    writer = ShardWriter(directory, prefix=split.name or "shard", max_samples=cfg.shard_size,
+                         max_bytes=cfg.max_shard_bytes, start_shard=len(state["shards"]),
+                         on_shard=on_shard)
+    desc = f"shard {cfg.kind}" + (f" [{split.name}]" if split.name else "")
+    progress = Progress(len(split.items), desc, enabled=cfg.progress, initial=consumed)
+    safe = _SafePrepare(prepare)
+    try:
+        for item, res in zip(split.items[consumed:],
+                             ordered_map(safe, split.items[consumed:], workers=cfg.workers)):
+            if isinstance(res, Rejected):
+                rejects.add(item.src, res.reason, split=split.name)
+                consumed += 1
+                progress.update(rejected=True)
+                if cfg.strict:
+                    raise ShardError(f"{item.src}: {res.reason} (--strict stops at the first reject)")
+                continue
+            comps = dict(res.components)
+            comps[INDEX_EXT] = encode_int64(next_index)
+            comps[LABEL_EXT] = encode_int64(item.label)
+            comps[CLS_EXT] = str(item.label).encode()
+            meta = dict(res.meta)
+            meta.update(index=next_index, src=item.src, label=item.label)
+            if cfg.classes and item.label >= 0:
+                meta["class_name"] = cfg.classes[item.label]
+            comps[META_EXT] = encode_json(meta)
+            ordered = ordered_components(comps)
+            writer.write(next_index, sample_key(next_index), ordered)
+            nbytes = sum(len(d) for _, d in ordered)
+            for what, action, reason in res.notes:
+                rejects.add(item.src, reason, action=action, what=what, split=split.name)
+                if cfg.strict and action == "rejected":
+                    raise ShardError(f"{item.src}: {what} {reason} (--strict stops at the first reject)")
+            pending_components.update(ext for ext, _ in ordered)
+            pending_labels[str(item.label)] += 1
+            pending_stats.update(res.stats)
+            next_index += 1
+            consumed += 1
+            progress.update(nbytes=nbytes)
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        progress.close()
+    # A split with no accepted sample still gets a manifest, so the summary can say so.
+    state["consumed"] = consumed
+    records = state["shards"]
+    manifest = _split_manifest(cfg, split.name, records, dict(components), dict(labels), dict(stats))
+    return SplitResult(split.name, directory, next_index, len(records),
+                       sum(r["bytes"] for r in records), manifest)
+
+
+def _split_manifest(cfg: JobConfig, name, records, components, labels, stats) -> dict:
+    from clvr import __version__ as clvr_version  # the package root only holds the version
+
+    total = sum(r["samples"] for r in records)
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "clvr_version": clvr_version,
+        "kind": cfg.kind,
+        "split": name,
+        "shards": records,
+        "totals": {"samples": total, "shards": len(records), "bytes": sum(r["bytes"] for r in records)},
+        "classes": _classes(cfg),
+        "categories": cfg.categories,
+        "label_counts": dict(sorted(labels.items(), key=lambda kv: int(kv[0]))),
+        "components": dict(sorted(components.items())),
+        "stats": dict(sorted(stats.items())),
+        "command": cfg.command,
+        "seed": cfg.seed,
+        "options": cfg.options,
+    }
+
+
+def _classes(cfg: JobConfig):
+    if not cfg.classes:
+        return None
+    return {"names": list(cfg.classes), "ids": {n: i for i, n in enumerate(cfg.classes)}}
+
+
+def _write_manifests(cfg: JobConfig, out: Path, result: JobResult) -> None:
+    rejects = {"rejected_samples": result.rejected, "converted_samples": result.converted,
+               "rejected_boxes": result.rejected_boxes, "converted_boxes": result.converted_boxes,
+               "file": REJECTS_NAME}
+    named = [s for s in result.splits if s.name]
+    if not named:
+        (only,) = result.splits
+        write_json_atomic(out / MANIFEST_NAME, {**only.manifest, "rejects": rejects})
+        return
+    for s in named:
+        write_json_atomic(s.directory / MANIFEST_NAME, {**s.manifest, "rejects_file": f"../{REJECTS_NAME}"})
+    from clvr import __version__ as clvr_version
+
+    root = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "clvr_version": clvr_version,
+        "kind": cfg.kind,
+        "splits": {s.name: {"path": s.name, **s.manifest["totals"]} for s in named},
+        "totals": {"samples": result.samples, "shards": sum(s.shards for s in named),
+                   "bytes": sum(s.bytes for s in named)},
+        "classes": _classes(cfg),
+        "categories": cfg.categories,
+        "components": dict(sorted(sum((Counter(s.manifest["components"]) for s in named), Counter()).items())),
+        "rejects": rejects,
+        "command": cfg.command,
+        "seed": cfg.seed,
+        "options": cfg.options,
+    }
+    write_json_atomic(out / MANIFEST_NAME, root)
+
+
+def print_summary(result: JobResult, out: Path, stream=sys.stdout) -> None:
+    w = stream.write
+    rate = result.samples / result.seconds if result.seconds > 0 else float("nan")
+    w(f"wrote {result.samples} samples to {out} in {result.seconds:.1f}s ({rate:.0f} samples/s)"
+      + (" [resumed]" if result.resumed else "") + "\n")
+    for s in result.splits:
+        label = s.name or "shards"
+        w(f"  {label:<6} {s.samples:>8} samples  {s.shards:>4} shard(s)  {s.bytes / 1e6:9.2f} MB  "
+          f"{s.directory}\n")
+    w(f"  rejected {result.rejected} sample(s), converted {result.converted}"
+      + (f"; boxes: rejected {result.rejected_boxes}, clipped {result.converted_boxes}"
+         if result.rejected_boxes or result.converted_boxes else "")
+      + (f"  (reasons: {result.rejects_path})" if os.path.getsize(result.rejects_path) else "") + "\n")

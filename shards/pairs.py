@@ -1,0 +1,83 @@
+"""``clvr shard pairs``: image-text pairs from a JSONL file.
+
+One JSON object per line: the image path (``image``, ``path`` or ``file``; relative to the
+JSONL's folder), the caption (``caption`` or ``text``, a string) or several (``captions``, a
+list), and optionally a ``label``. The sample's ``.txt`` holds its captions, one per line.
+A line that is not JSON or has no image is rejected (``what: line``); a pair whose image is
+missing or broken, or whose captions are all empty, is rejected (``what: sample``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import Reject, ShardError
+from .format import TEXT_EXT
+from .image_sources import class_order
+from .images import prepare_image
+from .job import Item, Prepared
+
+
+def load_pairs(path: Path):
+    """Return (items, classes, notes)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no such file") from None
+    rows, notes = [], []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            notes.append((where, "line", "rejected", f"invalid JSON: {e}"))
+            continue
+        if not isinstance(obj, dict):
+            notes.append((where, "line", "rejected", "expected a JSON object"))
+            continue
+        image = obj.get("image") or obj.get("path") or obj.get("file")
+        if not isinstance(image, str) or not image:
+            notes.append((where, "line", "rejected", "no 'image' path"))
+            continue
+        caps = obj.get("captions", obj.get("caption", obj.get("text")))
+        if isinstance(caps, str) or caps is None:
+            caps = [caps or ""]
+        if not isinstance(caps, list):
+            notes.append((where, "line", "rejected", "'captions' must be a string or a list of strings"))
+            continue
+        caps = [str(c) for c in caps if c is not None]
+        rows.append((image, caps, obj.get("label"), lineno))
+    if not rows:
+        raise ShardError(f"{path}: lists no pairs")
+    labelled = [r for r in rows if r[2] is not None]
+    classes = class_order(str(r[2]) for r in labelled) if labelled else None
+    ids = {c: i for i, c in enumerate(classes or [])}
+    items = [Item(image, ids.get(str(lab), -1) if lab is not None else -1,
+                  extra={"captions": caps, "line": lineno}) for image, caps, lab, lineno in rows]
+    return items, classes, notes
+
+
+class PreparePair:
+    def __init__(self, root, options):
+        self.root = str(root)
+        self.options = options
+
+    def __call__(self, item: Item) -> Prepared:
+        captions = [" ".join(c.split()) for c in item.extra["captions"]]
+        captions = [c for c in captions if c]
+        if not captions:
+            raise Reject(f"empty caption (line {item.extra['line']})")
+        try:
+            with open(os.path.join(self.root, item.src), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise Reject(f"missing image file (line {item.extra['line']})") from None
+        img = prepare_image(data, self.options)
+        comps = {img.ext: img.data, TEXT_EXT: "\n".join(captions).encode("utf-8")}
+        meta = {"width": img.width, "height": img.height, "captions": captions, "line": item.extra["line"]}
+        return Prepared(comps, meta, [("sample", "converted", n) for n in img.notes])

@@ -1,0 +1,44 @@
+"""An ordered, bounded process-pool map: results come back in input order, so the output
+of ``--workers N`` is byte-identical to ``--workers 1``, and at most a few chunks are in
+flight, so memory stays flat however large the dataset is."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+
+
+def _run_chunk(fn, chunk):
+    return [fn(x) for x in chunk]
+
+
+def ordered_map(fn, items, workers: int = 1, chunk_size: int = 16, chunks_ahead: int = 3):
+    """Yield ``fn(item)`` for every item, in order. ``fn`` must be picklable for ``workers > 1``."""
+    it = iter(items)
+    if workers <= 1:
+        for x in it:
+            yield fn(x)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pending: deque = deque()
+    try:
+        def submit() -> bool:
+            chunk = list(islice(it, chunk_size))
+            if chunk:
+                pending.append(pool.submit(_run_chunk, fn, chunk))
+            return bool(chunk)
+
+        for _ in range(workers * chunks_ahead):
+            if not submit():
+                break
+        while pending:
+            results = pending.popleft().result()
+            submit()
+            yield from results
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

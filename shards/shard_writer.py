@@ -1,0 +1,147 @@
+"""Writing WebDataset tar shards, byte-for-byte deterministic, with their DALI index files.
+
+A shard is written as ``NAME.tar.tmp`` and renamed to ``NAME.tar`` only when complete (its
+index ``NAME.idx`` likewise), so a crash never leaves a file that looks whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .dali_index import IndexedComponent, format_index
+
+BLOCK = 512
+TMP_SUFFIX = ".tmp"
+
+
+@dataclass
+class ShardRecord:
+    """One finished shard, as the manifest lists it."""
+
+    name: str          # file name of the tar, relative to the shard set's directory
+    index: str         # file name of the DALI index
+    samples: int
+    bytes: int
+    sha256: str
+    first_index: int   # global index of its first sample
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _member_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+
+
+class _OpenShard:
+    def __init__(self, directory: Path, name: str, first_index: int):
+        self.directory = directory
+        self.name = name
+        self.tmp = directory / (name + ".tar" + TMP_SUFFIX)
+        self.file = open(self.tmp, "wb")
+        self.sha = hashlib.sha256()
+        self.offset = 0
+        self.samples: list[list[IndexedComponent]] = []
+        self.first_index = first_index
+
+    def _write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.sha.update(data)
+        self.offset += len(data)
+
+    def add(self, key: str, components: list[tuple[str, bytes]]) -> None:
+        entries = []
+        for ext, data in components:
+            member = f"{key}.{ext}"
+            self._write(_member_header(member, len(data)))
+            entries.append(IndexedComponent(ext, self.offset, len(data), member))
+            self._write(data)
+            pad = -len(data) % BLOCK
+            if pad:
+                self._write(b"\0" * pad)
+        self.samples.append(entries)
+
+    def finish(self) -> ShardRecord:
+        self._write(b"\0" * (2 * BLOCK))  # end-of-archive marker
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        idx_tmp = self.directory / (self.name + ".idx" + TMP_SUFFIX)
+        idx_tmp.write_text(format_index(self.samples))
+        os.replace(idx_tmp, self.directory / (self.name + ".idx"))
+        os.replace(self.tmp, self.directory / (self.name + ".tar"))
+        return ShardRecord(self.name + ".tar", self.name + ".idx", len(self.samples), self.offset,
+                           self.sha.hexdigest(), self.first_index)
+
+    def abandon(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def sample_bytes(components: list[tuple[str, bytes]]) -> int:
+    return sum(BLOCK + len(d) + (-len(d) % BLOCK) for _, d in components)
+
+
+class ShardWriter:
+    """Append samples; shards roll over at ``max_samples`` samples or ``max_bytes`` bytes.
+
+    ``on_shard`` is called with each finished :class:`ShardRecord` (the resume journal hooks in here).
+    """
+
+    def __init__(self, directory, prefix: str = "shard", max_samples: int = 1000,
+                 max_bytes: int | None = None, start_shard: int = 0, on_shard=None):
+        if max_samples < 1:
+            raise ValueError("--shard-size must be at least 1")
+        if max_bytes is not None and max_bytes < 3 * BLOCK:
+            raise ValueError(f"--max-shard-bytes must be at least {3 * BLOCK}")
+        self.directory = Path(directory)
+        self.prefix = prefix
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.next_shard = start_shard
+        self.on_shard = on_shard
+        self.current: _OpenShard | None = None
+        self.records: list[ShardRecord] = []
+
+    def shard_name(self, number: int) -> str:
+        return f"{self.prefix}-{number:06d}"
+
+    def write(self, index: int, key: str, components: list[tuple[str, bytes]]) -> None:
+        cur = self.current
+        if cur is not None:
+            full = len(cur.samples) >= self.max_samples
+            too_big = (self.max_bytes is not None
+                       and cur.offset + sample_bytes(components) + 2 * BLOCK > self.max_bytes)
+            if full or too_big:
+                self._finish()
+        if self.current is None:
+            self.current = _OpenShard(self.directory, self.shard_name(self.next_shard), index)
+            self.next_shard += 1
+        self.current.add(key, components)
+
+    def _finish(self) -> None:
+        record = self.current.finish()
+        self.current = None
+        self.records.append(record)
+        if self.on_shard is not None:
+            self.on_shard(record)
+
+    def close(self) -> list[ShardRecord]:
+        if self.current is not None:
+            self._finish()
+        return self.records
+
+    def abandon(self) -> None:
+        if self.current is not None:
+            self.current.abandon()
+            self.current = None

@@ -1,0 +1,173 @@
+"""``clvr shard verify``: check a shard set against its manifest.
+
+1. the manifest exists (its absence means an interrupted run) and parses;
+2. every shard's size and sha256 match the manifest, and no stray ``.tmp`` file remains;
+3. every DALI index file equals the index rebuilt from the tar's headers;
+4. sample keys and ``index.i64`` agree, and indices run 0..N-1 without gap or repeat;
+5. every sample decodes (``--sample N``: N samples drawn at random, plus the structural checks
+   of all): images with PIL, videos with PyAV, ``.json`` parses, ``.i64``/``.f32`` lengths fit.
+
+Returns the list of problems; the command exits non-zero when it is not empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+from .dali_index import index_tar, parse_index
+from .errors import ShardError
+from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, IMAGE_EXTS, INDEX_EXT, LABEL_EXT, META_EXT, TEXT_EXT,
+                     VIDEO_EXTS, decode_boxes, decode_int64, sample_key)
+from .manifest import shard_sets
+from .progress import Progress
+from .shard_writer import TMP_SUFFIX
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_sample(where: str, comps: dict[str, bytes], n_classes: int | None) -> list[str]:
+    from PIL import Image
+
+    problems = []
+    for ext, data in comps.items():
+        try:
+            if ext in IMAGE_EXTS:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+                    if im.mode != "RGB":
+                        problems.append(f"{where}.{ext}: mode {im.mode}, not 8-bit RGB")
+            elif ext in VIDEO_EXTS:
+                from .videos import probe
+                probe(data, decode=True)
+            elif ext == META_EXT:
+                json.loads(data)
+            elif ext == TEXT_EXT:
+                if not data.decode("utf-8").strip():
+                    problems.append(f"{where}.{ext}: empty caption")
+            elif ext == CLS_EXT:
+                int(data.decode())
+            elif ext in (INDEX_EXT, LABEL_EXT):
+                decode_int64(data)
+        except Exception as e:  # any failure to decode is a problem to report, not to raise
+            problems.append(f"{where}.{ext}: does not decode ({type(e).__name__}: {e})")
+    if LABEL_EXT in comps and CLS_EXT in comps:
+        try:
+            lab = decode_int64(comps[LABEL_EXT])
+            if str(lab) != comps[CLS_EXT].decode():
+                problems.append(f"{where}: label.i64 = {lab} but .cls = {comps[CLS_EXT].decode()!r}")
+            if n_classes is not None and not -1 <= lab < n_classes:
+                problems.append(f"{where}: label {lab} outside 0..{n_classes - 1}")
+        except (ValueError, UnicodeDecodeError) as e:
+            problems.append(f"{where}: bad label ({e})")
+    if (BOXES_EXT in comps) != (BOXCLS_EXT in comps):
+        problems.append(f"{where}: has only one of boxes.f32 / boxcls.i64")
+    elif BOXES_EXT in comps:
+        try:
+            decode_boxes(comps[BOXES_EXT], comps[BOXCLS_EXT])
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
+    return problems
+
+
+def verify_set(directory: Path, manifest: dict, sample: int | None = None, seed: int = 0,
+               progress: bool = True) -> list[str]:
+    problems: list[str] = []
+    shards = manifest.get("shards", [])
+    listed = {s["name"] for s in shards} | {s["index"] for s in shards}
+    for p in sorted(directory.iterdir()):
+        if p.name.endswith(TMP_SUFFIX):
+            problems.append(f"{p}: leftover temporary file of an interrupted run")
+        elif p.suffix in (".tar", ".idx") and p.name not in listed:
+            problems.append(f"{p}: not listed in the manifest")
+    total = sum(s["samples"] for s in shards)
+    if manifest.get("totals", {}).get("samples") != total:
+        problems.append(f"{directory}/manifest.json: totals.samples = {manifest.get('totals', {}).get('samples')}"
+                        f" but the shards list {total}")
+    chosen = None
+    if sample is not None and sample < total:
+        chosen = set(random.Random(seed).sample(range(total), sample))
+    n_classes = len(manifest["classes"]["names"]) if manifest.get("classes") else None
+    expected_index = 0
+    bar = Progress(total, f"verify {directory.name}", enabled=progress)
+    try:
+        for s in shards:
+            tar = directory / s["name"]
+            idx = directory / s["index"]
+            if not tar.exists():
+                problems.append(f"{tar}: missing")
+                expected_index += s["samples"]
+                continue
+            size = tar.stat().st_size
+            if size != s["bytes"]:
+                problems.append(f"{tar}: {size} bytes, manifest says {s['bytes']}")
+            digest = _sha256(tar)
+            if digest != s["sha256"]:
+                problems.append(f"{tar}: sha256 {digest[:12]}… does not match the manifest's {s['sha256'][:12]}…")
+            try:
+                actual = index_tar(tar)
+            except (tarfile.TarError, OSError) as e:
+                problems.append(f"{tar}: not a readable tar ({e})")
+                expected_index += s["samples"]
+                continue
+            if not idx.exists():
+                problems.append(f"{idx}: missing DALI index")
+            else:
+                try:
+                    written = parse_index(idx.read_text(), str(idx))
+                    if written != actual:
+                        problems.append(f"{idx}: does not match the members of {tar.name}")
+                except ValueError as e:
+                    problems.append(str(e))
+            if len(actual) != s["samples"]:
+                problems.append(f"{tar}: {len(actual)} samples, manifest says {s['samples']}")
+            if s.get("first_index") != expected_index:
+                problems.append(f"{tar}: first_index {s.get('first_index')} but {expected_index} expected")
+            with open(tar, "rb") as f:
+                for entries in actual:
+                    key = entries[0].name.split(".", 1)[0]
+                    where = f"{tar.name}:{key}"
+                    comps = {}
+                    for c in entries:
+                        f.seek(c.offset)
+                        comps[c.ext] = f.read(c.size)
+                    if key != sample_key(expected_index):
+                        problems.append(f"{where}: key should be {sample_key(expected_index)} (indices must run "
+                                        "0..N-1 in order)")
+                    if INDEX_EXT not in comps:
+                        problems.append(f"{where}: no {INDEX_EXT}")
+                    else:
+                        try:
+                            if decode_int64(comps[INDEX_EXT]) != expected_index:
+                                problems.append(f"{where}: {INDEX_EXT} = {decode_int64(comps[INDEX_EXT])}, "
+                                                f"expected {expected_index}")
+                        except ValueError as e:
+                            problems.append(f"{where}: {INDEX_EXT}: {e}")
+                    if chosen is None or expected_index in chosen:
+                        problems += _check_sample(where, comps, n_classes)
+                    expected_index += 1
+                    bar.update()
+    finally:
+        bar.close()
+    return problems
+
+
+def verify(out, sample: int | None = None, seed: int = 0, progress: bool = True) -> list[str]:
+    try:
+        sets = shard_sets(out)
+    except ShardError as e:
+        return [str(e)]
+    problems = []
+    for _, (directory, manifest) in sets.items():
+        problems += verify_set(directory, manifest, sample=sample, seed=seed, progress=progress)
+    return problems
