@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .errors import ShardError
 
+DEMOS = ("digits", "digits-video", "digits-objects", "digits-captions")  # built in clvr.shards.demo
+
 EXIT_REJECTS = 1     # --strict saw a reject; verify found problems
 EXIT_USAGE = 2       # bad arguments, unusable input or OUT
 EXIT_INTERRUPTED = 130
@@ -120,7 +122,6 @@ def build_parser(sub) -> None:
     _image_options(p)
     p.set_defaults(run=cmd_pairs)
 
-    from .demo import DEMOS
     p = kinds.add_parser("demo", help="embedded handwritten-digits datasets (no download)")
     p.add_argument("name", choices=DEMOS)
     p.add_argument("out", type=Path)

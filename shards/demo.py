@@ -9,7 +9,8 @@ split is made over the source digits first, so no digit appears in both.
 * ``digits-video``: 16-frame 64x64 clips (8 fps, VP9 WebM) of one digit moving in a straight
   line and bouncing off the borders; label = the digit.
 * ``digits-objects``: 96x96 canvases with 1-4 digits at random places and scales (16-40 px);
-  boxes are the tight ink boxes, category = the digit; label = the largest digit's class.
+  boxes are the tight ink boxes, category = the digit; label = the class of the digit drawn
+  at the largest scale.
 * ``digits-captions``: the ``digits`` images with a caption that names the digit and colours.
 """
 
@@ -23,7 +24,7 @@ from PIL import Image
 from .format import BOXCLS_EXT, BOXES_EXT, TEXT_EXT, encode_boxes
 from .job import Item, Prepared
 
-DEMOS = ("digits", "digits-video", "digits-objects", "digits-captions")
+from .cli import DEMOS  # noqa: E402  (one list of names, kept where the parser needs it cheaply)
 CLASS_NAMES = [str(d) for d in range(10)]
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PALETTE = {

@@ -314,7 +314,7 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
             ordered = ordered_components(comps)
             writer.write(next_index, sample_key(next_index), ordered)
             nbytes = sum(len(d) for _, d in ordered)
-            for what, action, reason in res.notes:
+            for what, action, reason in _merge_sample_notes(res.notes):
                 rejects.add(item.src, reason, action=action, what=what, split=split.name)
                 if cfg.strict and action == "rejected":
                     raise ShardError(f"{item.src}: {what} {reason} (--strict stops at the first reject)")
@@ -336,6 +336,14 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
     manifest = _split_manifest(cfg, split.name, records, dict(components), dict(labels), dict(stats))
     return SplitResult(split.name, directory, next_index, len(records),
                        sum(r["bytes"] for r in records), manifest)
+
+
+def _merge_sample_notes(notes):
+    """One line per converted sample (its conversions joined by '; '), one per box note, so the
+    counts of ``rejects.jsonl`` lines are counts of samples and boxes."""
+    sample = [reason for what, action, reason in notes if what == "sample" and action == "converted"]
+    rest = [n for n in notes if not (n[0] == "sample" and n[1] == "converted")]
+    return ([("sample", "converted", "; ".join(sample))] if sample else []) + rest
 
 
 def _split_manifest(cfg: JobConfig, name, records, components, labels, stats) -> dict:
@@ -399,8 +407,8 @@ def _write_manifests(cfg: JobConfig, out: Path, result: JobResult) -> None:
     write_json_atomic(out / MANIFEST_NAME, root)
 
 
-def print_summary(result: JobResult, out: Path, stream=sys.stdout) -> None:
-    w = stream.write
+def print_summary(result: JobResult, out: Path, stream=None) -> None:
+    w = (stream or sys.stdout).write
     rate = result.samples / result.seconds if result.seconds > 0 else float("nan")
     w(f"wrote {result.samples} samples to {out} in {result.seconds:.1f}s ({rate:.0f} samples/s)"
       + (" [resumed]" if result.resumed else "") + "\n")

@@ -13,7 +13,9 @@ def shuffled(items: list, seed: int) -> list:
 
 
 def stratified_split(items: list, fraction: float, seed: int, label=lambda it: it.label):
-    """Split ``items`` into (train, val) with ``round(fraction * n_c)`` of each class c in val.
+    """Split ``items`` into (train, val) with ``round(fraction * n)`` items in val, spread over
+    the classes in proportion to their size (largest-remainder rounding), so each class keeps
+    its share in both parts.
 
     Which items go to val is drawn with ``seed``; both parts keep the input order.
     Unlabelled items (label -1) form one stratum of their own.
@@ -23,13 +25,15 @@ def stratified_split(items: list, fraction: float, seed: int, label=lambda it: i
     by_class = defaultdict(list)
     for i, it in enumerate(items):
         by_class[label(it)].append(i)
+    classes = sorted(by_class)
+    quotas = {c: fraction * len(by_class[c]) for c in classes}
+    take = {c: int(quotas[c]) for c in classes}
+    left = int(round(fraction * len(items))) - sum(take.values())
+    for c in sorted(classes, key=lambda c: (-(quotas[c] - take[c]), c))[:max(left, 0)]:
+        take[c] += 1
     rng = random.Random(seed)
     val = set()
-    for c in sorted(by_class):
-        idx = by_class[c]
-        k = int(round(fraction * len(idx)))
-        if fraction > 0 and k == 0 and len(idx) > 1:
-            k = 1
-        val.update(rng.sample(idx, k))
+    for c in classes:
+        val.update(rng.sample(by_class[c], take[c]))
     train = [it for i, it in enumerate(items) if i not in val]
     return train, [it for i, it in enumerate(items) if i in val]

@@ -1,0 +1,36 @@
+# clvr: every target sets itself up from nothing but Python 3.10+.
+#   make demo   -- install, then run the main job on the embedded digits data
+#   make test   -- install, then run the test suite (what CI runs)
+#   make bench  -- install, then run the benchmarks in bench/
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, so the range in pyproject.toml is already satisfied and pip never pulls a
+# multi-GB CUDA build. On a GPU machine: make setup TORCH_SPEC="torch==2.13.0" with your index.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.clvr-installed
+DATA ?= data
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/clvr shard demo digits $(DATA)/digits --overwrite --no-progress
+	$(VENV)/bin/clvr shard verify $(DATA)/digits --no-progress
+	$(VENV)/bin/clvr shard info $(DATA)/digits
+
+bench: setup
+	$(PY) bench/shard_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DATA) bench/out .pytest_cache

@@ -1,0 +1,94 @@
+"""Shared fixtures: run the ``clvr`` command in-process, make small inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self):
+        return f"CliResult(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+@pytest.fixture
+def clvr(capsys):
+    """``clvr("shard", "images", src, out, ...)`` -> CliResult(code, stdout, stderr)."""
+    from clvr.cli import main
+
+    def run(*args) -> CliResult:
+        argv = [str(a) for a in args]
+        old = sys.argv
+        sys.argv = ["clvr", *argv]
+        try:
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse errors
+                code = e.code if isinstance(e.code, int) else 1
+        finally:
+            sys.argv = old
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def photo(seed: int = 0, size=(48, 40)) -> Image.Image:
+    """A small RGB image with structure (gradients and a rectangle), different per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)),
+                    np.full_like(xx, int(rng.integers(256)))], -1).astype(np.uint8)
+    x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+    arr[y0:y0 + h // 3, x0:x0 + w // 3] = rng.integers(0, 256, 3)
+    return Image.fromarray(arr, "RGB")
+
+
+def encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """An ImageFolder tree: 3 classes x 6 JPEG/PNG images."""
+    root = tmp_path / "imgs"
+    for c, name in enumerate(["cat", "dog", "owl"]):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(6):
+            im = photo(seed=10 * c + i)
+            if i % 3 == 2:
+                im.save(d / f"{name}{i}.png")
+            else:
+                im.save(d / f"{name}{i}.jpg", quality=90)
+    return root
+
+
+def read_rejects(out: Path) -> list[dict]:
+    p = Path(out) / "rejects.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+def read_samples(tar_paths) -> list[dict]:
+    """All samples of the given tars, with the plain webdataset library (no decoding)."""
+    import webdataset as wds
+
+    out = []
+    for t in tar_paths:
+        for s in wds.WebDataset(str(t), shardshuffle=False, empty_check=False):
+            out.append(s)
+    return out
