@@ -60,6 +60,8 @@ def _common(p: argparse.ArgumentParser, split_default: float = 0.0) -> None:
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over instead of resuming an interrupted run into OUT")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--fsync", action="store_true",
+                   help="flush each shard to disk before renaming it (survives a power loss; slower)")
 
 
 def _image_options(p: argparse.ArgumentParser) -> None:
@@ -170,7 +172,7 @@ def _run(args, kind, splits, prepare, options, classes=None, categories=None, no
     cfg = JobConfig(kind=kind, out=args.out, command=["clvr", *sys.argv[1:]], options=options,
                     shard_size=args.shard_size, max_shard_bytes=args.max_shard_bytes, workers=args.workers,
                     strict=args.strict, overwrite=args.overwrite, seed=args.seed, classes=classes,
-                    categories=categories, progress=args.progress, resume=args.resume,
+                    categories=categories, progress=args.progress, resume=args.resume, fsync=args.fsync,
                     listing_notes=list(notes))
     result = run_job(cfg, splits, prepare, log=lambda m: print(m, file=sys.stderr))
     print_summary(result, args.out)

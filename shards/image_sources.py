@@ -18,24 +18,35 @@ import json
 import os
 from pathlib import Path
 
-from .errors import ShardError
-from .job import Item
+from .boxes import check_box
+from .errors import Reject, ShardError
+from .format import BOXCLS_EXT, BOXES_EXT, PROPOSAL_CATEGORY, encode_boxes
+from .images import prepare_image
+from .job import Item, Prepared, SourceFile
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
                   ".pnm", ".jfif"}
 
 
-def _walk(root: Path, suffixes) -> tuple[list[Path], list[Path]]:
-    """(files with one of ``suffixes``, other files), sorted, hidden files and folders skipped."""
+def _walk(root: Path, suffixes, rel_to: Path) -> tuple[list[str], list[str]]:
+    """(files with one of ``suffixes``, other files) as sorted POSIX paths relative to ``rel_to``;
+    hidden files and folders are skipped."""
     found, other = [], []
+    base = len(str(rel_to).rstrip(os.sep)) + 1
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = dirpath[base:].replace(os.sep, "/")
+        prefix = rel_dir + "/" if rel_dir else ""
         for f in sorted(filenames):
             if f.startswith("."):
                 continue
-            p = Path(dirpath) / f
-            (found if p.suffix.lower() in suffixes else other).append(p)
+            (found if os.path.splitext(f)[1].lower() in suffixes else other).append(prefix + f)
     return found, other
+
+
+def _not_a(what: str, rel: str) -> tuple[str, str, str, str]:
+    ext = os.path.splitext(rel)[1] or "none"
+    return (rel, "sample", "rejected", f"not a{'n' if what[0] in 'aeiou' else ''} {what} file (extension {ext})")
 
 
 def class_order(names) -> list[str]:
@@ -57,20 +68,16 @@ def list_folder(root: Path, suffixes=IMAGE_SUFFIXES, what="image"):
         ids = {c: i for i, c in enumerate(classes)}
         items = []
         for c in classes:
-            found, other = _walk(root / c, suffixes)
-            items += [Item(p.relative_to(root).as_posix(), ids[c]) for p in found]
-            notes += [(p.relative_to(root).as_posix(), "sample", "rejected",
-                       f"not a{'n' if what[0] in 'aeiou' else ''} {what} file (extension {p.suffix or 'none'})")
-                      for p in other]
+            found, other = _walk(root / c, suffixes, root)
+            items += [Item(rel, ids[c]) for rel in found]
+            notes += [_not_a(what, rel) for rel in other]
         loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
         notes += [(p.name, "sample", "rejected", "file outside any class folder") for p in loose]
         items.sort(key=lambda it: (it.label, it.src))
         return items, classes, notes
-    found, other = _walk(root, suffixes)
-    notes += [(p.relative_to(root).as_posix(), "sample", "rejected",
-               f"not a{'n' if what[0] in 'aeiou' else ''} {what} file (extension {p.suffix or 'none'})")
-              for p in other]
-    return [Item(p.relative_to(root).as_posix()) for p in found], None, notes
+    found, other = _walk(root, suffixes, root)
+    notes += [_not_a(what, rel) for rel in other]
+    return [Item(rel) for rel in found], None, notes
 
 
 def _labelled(rows: list[tuple[str, str | None]], where: str):
@@ -133,13 +140,6 @@ class PrepareImageFile:
         self.max_proposals = max_proposals
 
     def __call__(self, item: Item):
-        from .boxes import check_box
-        from .errors import Reject
-        from .format import BOXCLS_EXT, BOXES_EXT, PROPOSAL_CATEGORY, encode_boxes
-        from .images import prepare_image
-        from .job import Prepared
-        from .proposals import felzenszwalb_boxes
-
         path = os.path.join(self.root, item.src)
         try:
             with open(path, "rb") as f:
@@ -152,9 +152,11 @@ class PrepareImageFile:
         meta = {"width": img.width, "height": img.height, "source_format": img.source_format}
         if img.source_size != (img.width, img.height):
             meta["source_size"] = list(img.source_size)
-        comps = {img.ext: img.data}
+        comps = {img.ext: SourceFile(path) if img.data is data else img.data}
         notes = [("sample", "converted", n) for n in img.notes]
         if self.proposals:
+            from .proposals import felzenszwalb_boxes
+
             boxes = []
             for b in felzenszwalb_boxes(img.pixels, max_boxes=self.max_proposals):
                 clipped, _ = check_box(b, img.width, img.height)

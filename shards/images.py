@@ -10,8 +10,9 @@ otherwise converted (and the conversion logged):
 
 Rejected (and logged): zero-byte files, files that are not images, images over
 ``--max-pixels``, and -- with verification on, the default -- corrupt or truncated images.
-Verification decodes the whole entropy-coded stream; for JPEG it decodes at 1/8 scale
-(libjpeg's DCT scaling), which reads every byte at a fraction of the cost.
+Verification decodes the whole entropy-coded stream; for JPEG it decodes to grayscale at 1/8
+scale (libjpeg's DCT scaling), which still entropy-decodes every coefficient of every colour
+component, at a fraction of the cost of a full decode.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import io
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import Reject
@@ -70,6 +70,8 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
         notes.append(f"{mode} alpha composited over white")
         return Image.alpha_composite(base, rgba).convert("RGB")
     if mode.startswith("I;16") or mode in ("I", "F"):
+        import numpy as np  # only high-bit-depth images need it; keeps start-up light
+
         arr = np.asarray(im)
         if mode == "F":
             lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
@@ -129,7 +131,9 @@ def prepare_image(data: bytes, options: ImageOptions, need_pixels: bool = False)
             if keep and not need_pixels:
                 if options.verify:
                     if fmt in ("JPEG", "MPO"):
-                        im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                        # Every coefficient of every component is still entropy-decoded (so
+                        # truncation and corrupt data are caught); only the output is small.
+                        im.draft("L", (max(1, w // 8), max(1, h // 8)))
                     im.load()
                 return PreparedImage(KEEP_FORMATS[fmt], data, w, h, fmt, (w, h), (1.0, 1.0), notes)
             if frames > 1:

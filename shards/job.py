@@ -59,6 +59,18 @@ class Prepared:
     stats: list[str] = field(default_factory=list)  # counted into the manifest, e.g. "codec:vp9"
 
 
+@dataclass(frozen=True)
+class SourceFile:
+    """A component that is an input file's bytes unchanged: the writer reads the file itself,
+    so large payloads do not travel back from the worker processes through a pipe."""
+
+    path: str
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+
 @dataclass
 class Rejected:
     reason: str
@@ -86,6 +98,7 @@ class JobConfig:
     categories: list[dict] | None = None
     progress: bool = True
     resume: bool = True
+    fsync: bool = False
     # Listing-level log entries (src, what, action, reason), e.g. a bad line of a CSV list.
     listing_notes: list[tuple[str, str, str, str]] = field(default_factory=list)
 
@@ -288,7 +301,7 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
 
     writer = ShardWriter(directory, prefix=split.name or "shard", max_samples=cfg.shard_size,
                          max_bytes=cfg.max_shard_bytes, start_shard=len(state["shards"]),
-                         on_shard=on_shard)
+                         on_shard=on_shard, fsync=cfg.fsync)
     desc = f"shard {cfg.kind}" + (f" [{split.name}]" if split.name else "")
     progress = Progress(len(split.items), desc, enabled=cfg.progress, initial=consumed)
     safe = _SafePrepare(prepare)
@@ -302,7 +315,7 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
                 if cfg.strict:
                     raise ShardError(f"{item.src}: {res.reason} (--strict stops at the first reject)")
                 continue
-            comps = dict(res.components)
+            comps = {ext: d.read() if isinstance(d, SourceFile) else d for ext, d in res.components.items()}
             comps[INDEX_EXT] = encode_int64(next_index)
             comps[LABEL_EXT] = encode_int64(item.label)
             comps[CLS_EXT] = str(item.label).encode()

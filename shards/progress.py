@@ -15,12 +15,17 @@ class Progress:
         self.start = time.perf_counter()
         self.bytes = 0
         self.rejects = 0
+        self.enabled = enabled
+        self.count = 0
 
     def update(self, n: int = 1, nbytes: int = 0, rejected: bool = False) -> None:
         self.bytes += nbytes
         self.rejects += int(rejected)
+        self.count += n
+        if not self.enabled:
+            return
         self.bar.update(n)
-        if self.bar.n % 64 == 0 or rejected:
+        if self.count % 64 == 0 or rejected:
             elapsed = max(time.perf_counter() - self.start, 1e-9)
             self.bar.set_postfix(MBps=f"{self.bytes / elapsed / 1e6:.1f}", rejects=self.rejects,
                                  refresh=False)

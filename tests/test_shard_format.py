@@ -131,3 +131,18 @@ def test_dali_reader_returns_exactly_what_webdataset_reads(tmp_path, image_folde
     assert got == expected
     assert sorted(g[1] for g in got) == list(range(n))
     assert [int(g[3]) for g in got] == [g[2] for g in got]
+
+
+@pytest.mark.parametrize("name,size", [("000000001.jpg", 0), ("000000001.label.i64", 8),
+                                       ("a" * 100, 123456789), ("x.json", 511)])
+def test_member_headers_parse_as_ustar_with_fixed_metadata(name, size):
+    import tarfile
+
+    from clvr.shards.shard_writer import _member_header
+
+    header = _member_header(name, size)
+    info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")  # checks the checksum too
+    assert len(header) == 512 and header[257:265] == b"ustar\x0000"
+    assert (info.name, info.size, info.mtime, info.mode, info.uid, info.gid, info.uname) == \
+        (name, size, 0, 0o644, 0, 0, "")
+    assert info.isreg()
