@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import ShardError
+from .errors import ShardError, StrictReject
 
 DEMOS = ("digits", "digits-video", "digits-objects", "digits-captions")  # built in clvr.shards.demo
 
@@ -218,7 +218,7 @@ def cmd_coco(args) -> int:
 
 def cmd_videos(args) -> int:
     from .image_sources import list_folder
-    from .videos import VIDEO_SUFFIXES, PrepareVideoFile, VideoOptions, gpu_present
+    from .videos import VIDEO_SUFFIXES, PrepareVideoFile, VideoOptions
 
     items, classes, notes = list_folder(args.src, VIDEO_SUFFIXES, what="video")
     if not items:
@@ -302,10 +302,13 @@ def cmd_info(args) -> int:
 def run(args) -> int:
     try:
         return args.run(args)
+    except StrictReject as e:
+        print(f"clvr shard: error: {e}", file=sys.stderr)
+        return EXIT_REJECTS
     except ShardError as e:
         print(f"clvr shard: error: {e}", file=sys.stderr)
-        return EXIT_REJECTS if "--strict" in str(e) else EXIT_USAGE
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"\nclvr shard: interrupted; nothing incomplete was left looking whole. Re-run the same "
-              f"command to resume.", file=sys.stderr)
+        print("\nclvr shard: interrupted; nothing incomplete was left looking whole. Re-run the same "
+              "command to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,7 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from .boxes import check_box, scale_box
-from .errors import Reject, ShardError
+from .errors import ShardError
+from .fileio import read_input
 from .format import BOXCLS_EXT, BOXES_EXT, encode_boxes
 from .images import prepare_image
 from .job import Item, Prepared
@@ -75,12 +76,7 @@ class PrepareCocoImage:
         self.keep_crowd = keep_crowd
 
     def __call__(self, item: Item) -> Prepared:
-        path = os.path.join(self.images_dir, item.src)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise Reject("missing image file") from None
+        data = read_input(os.path.join(self.images_dir, item.src), "image file")
         img = prepare_image(data, self.options)
         notes = [("sample", "converted", n) for n in img.notes]
         sx, sy = img.scale

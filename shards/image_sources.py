@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 
 from .boxes import check_box
-from .errors import Reject, ShardError
+from .errors import ShardError
+from .fileio import read_input
 from .format import BOXCLS_EXT, BOXES_EXT, PROPOSAL_CATEGORY, encode_boxes
 from .images import prepare_image
 from .job import Item, Prepared, SourceFile
@@ -141,13 +142,7 @@ class PrepareImageFile:
 
     def __call__(self, item: Item):
         path = os.path.join(self.root, item.src)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise Reject("missing file") from None
-        except OSError as e:
-            raise Reject(f"cannot read file: {e.strerror}") from None
+        data = read_input(path)
         img = prepare_image(data, self.options, need_pixels=self.proposals is not None)
         meta = {"width": img.width, "height": img.height, "source_format": img.source_format}
         if img.source_size != (img.width, img.height):

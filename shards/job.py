@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import Reject, ShardError
+from .errors import Reject, ShardError, StrictReject
+from .fileio import read_bytes
 from .format import (CLS_EXT, FORMAT_NAME, FORMAT_VERSION, INDEX_EXT, LABEL_EXT, META_EXT, UNLABELLED,
                      encode_int64, encode_json, ordered_components, sample_key)
 from .lock import OutputLock
@@ -67,8 +68,7 @@ class SourceFile:
     path: str
 
     def read(self) -> bytes:
-        with open(self.path, "rb") as f:
-            return f.read()
+        return read_bytes(self.path)
 
 
 @dataclass
@@ -233,7 +233,7 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
             rejects.add(src, reason, action=action, what=what)
             if cfg.strict and action == "rejected":
                 rejects.close()
-                raise ShardError(f"{src}: {reason} (--strict stops at the first reject)")
+                raise StrictReject(f"{src}: {reason} (--strict stops at the first reject)")
         journal["rejects_bytes"] = rejects.position()
     results = []
     try:
@@ -313,7 +313,7 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
                 consumed += 1
                 progress.update(rejected=True)
                 if cfg.strict:
-                    raise ShardError(f"{item.src}: {res.reason} (--strict stops at the first reject)")
+                    raise StrictReject(f"{item.src}: {res.reason} (--strict stops at the first reject)")
                 continue
             comps = {ext: d.read() if isinstance(d, SourceFile) else d for ext, d in res.components.items()}
             comps[INDEX_EXT] = encode_int64(next_index)
@@ -330,7 +330,7 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
             for what, action, reason in _merge_sample_notes(res.notes):
                 rejects.add(item.src, reason, action=action, what=what, split=split.name)
                 if cfg.strict and action == "rejected":
-                    raise ShardError(f"{item.src}: {what} {reason} (--strict stops at the first reject)")
+                    raise StrictReject(f"{item.src}: {what} {reason} (--strict stops at the first reject)")
             pending_components.update(ext for ext, _ in ordered)
             pending_labels[str(item.label)] += 1
             pending_stats.update(res.stats)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from .errors import Reject, ShardError
+from .fileio import read_input
 from .format import TEXT_EXT
 from .image_sources import class_order
 from .images import prepare_image
@@ -72,11 +73,7 @@ class PreparePair:
         captions = [c for c in captions if c]
         if not captions:
             raise Reject(f"empty caption (line {item.extra['line']})")
-        try:
-            with open(os.path.join(self.root, item.src), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise Reject(f"missing image file (line {item.extra['line']})") from None
+        data = read_input(os.path.join(self.root, item.src), f"image file (line {item.extra['line']})")
         img = prepare_image(data, self.options)
         comps = {img.ext: img.data, TEXT_EXT: "\n".join(captions).encode("utf-8")}
         meta = {"width": img.width, "height": img.height, "captions": captions, "line": item.extra["line"]}

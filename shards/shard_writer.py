@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .errors import Reject
+from .fileio import read_input
 from .job import Item, Prepared
 
 VIDEO_SUFFIXES = {".webm", ".mkv", ".mp4", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv"}
@@ -140,11 +141,7 @@ class PrepareVideoFile:
         self.options = options
 
     def __call__(self, item: Item) -> Prepared:
-        path = os.path.join(self.root, item.src)
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise Reject("missing file") from None
+        data = read_input(os.path.join(self.root, item.src))
         if not data:
             raise Reject("empty file (0 bytes)")
         return prepare_video_bytes(data, Path(item.src).suffix.lower(), self.options)

@@ -1,0 +1,36 @@
+"""Reading input files: whole, with few system calls, and with a reject reason on failure."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import Reject
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file (``os.read`` in a loop: about half the cost of ``open().read()`` on small files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        while True:
+            chunk = os.read(fd, max(size, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size = 1 << 20  # the file grew, or the size was wrong: read the rest in blocks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_input(path: str, what: str = "file") -> bytes:
+    """Read an input file; a missing or unreadable one becomes a :class:`Reject` naming the cause."""
+    try:
+        return read_bytes(path)
+    except FileNotFoundError:
+        raise Reject(f"missing {what}") from None
+    except IsADirectoryError:
+        raise Reject(f"{what} is a directory") from None
+    except OSError as e:
+        raise Reject(f"cannot read {what}: {e.strerror}") from None
