@@ -139,6 +139,15 @@ def build_parser(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(run=cmd_verify)
 
+    p = kinds.add_parser("preview", help="a PNG contact sheet of random samples (boxes, captions, frames)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--png", type=Path, default=None, help="where to write it (default OUT/preview.png)")
+    p.add_argument("--count", type=_positive, default=24)
+    p.add_argument("--columns", type=_positive, default=8)
+    p.add_argument("--split", default=None, help="which split (default: the first)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_preview)
+
     p = kinds.add_parser("info", help="a readable summary of a shard set")
     p.add_argument("out", type=Path)
     p.set_defaults(run=cmd_info)
@@ -289,6 +298,18 @@ def cmd_verify(args) -> int:
             print(f"  - {p}", file=sys.stderr)
         return EXIT_REJECTS
     print(f"{args.out}: OK")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from .preview import preview
+
+    try:
+        dest = preview(args.out, args.png or args.out / "preview.png", count=args.count, columns=args.columns,
+                       seed=args.seed, split=args.split)
+    except ValueError as e:
+        raise ShardError(str(e)) from None
+    print(f"wrote {dest}")
     return 0
 
 

@@ -135,9 +135,9 @@ class PrepareDemo:
         ex = item.extra
         rng = np.random.default_rng(ex["seed"])
         word, fg, bg = WORDS[item.label], ex["fg"], ex["bg"]
-        templates = [f"a handwritten {word} in {fg} on a {bg} background",
+        templates = [f"a handwritten {word} in {fg} on {_a(bg)} {bg} background",
                      f"the digit {item.label} written in {fg} ink on {bg}",
-                     f"a {fg} number {word} on a {bg} square",
+                     f"{_a(fg)} {fg} number {word} on {_a(bg)} {bg} square",
                      f"{fg} handwriting of the number {item.label} over {bg}"]
         caption = templates[int(rng.integers(len(templates)))]
         return Prepared({"png": _png(self._digit_image(item)), TEXT_EXT: caption.encode()},
@@ -204,6 +204,10 @@ class PrepareDemo:
         meta = {"width": CANVAS_SIDE, "height": CANVAS_SIDE, "boxes": boxes, "box_source": "ground_truth",
                 "ink": ex["fg"], "background": ex["bg"]}
         return Prepared(comps, meta)
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _iou(a, b) -> float:
