@@ -28,6 +28,7 @@ demo: setup
 	$(VENV)/bin/clvr shard demo digits $(DATA)/digits --overwrite --no-progress
 	$(VENV)/bin/clvr shard verify $(DATA)/digits --no-progress
 	$(VENV)/bin/clvr shard info $(DATA)/digits
+	$(VENV)/bin/clvr shard preview $(DATA)/digits
 
 bench: setup
 	$(PY) bench/shard_throughput.py
