@@ -29,7 +29,7 @@ from .format import (CLS_EXT, FORMAT_NAME, FORMAT_VERSION, INDEX_EXT, LABEL_EXT,
                      encode_int64, encode_json, ordered_components, sample_key)
 from .lock import OutputLock
 from .manifest import MANIFEST_NAME, write_json_atomic
-from .parallel import ordered_map
+from .parallel import WorkerDied, ordered_map
 from .progress import Progress
 from .rejects import REJECTS_NAME, RejectLog
 from .shard_writer import TMP_SUFFIX, ShardWriter
@@ -199,7 +199,11 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
         if not cfg.overwrite:
             raise ShardError(f"{out}: already holds a complete shard set ({MANIFEST_NAME}); "
                              "pass --overwrite to replace it, or choose another OUT")
-        _clean(out, names)
+        try:  # the old set's split folders too, even where this run has other splits
+            old_splits = list(json.loads((out / MANIFEST_NAME).read_text()).get("splits", {}))
+        except ValueError:
+            old_splits = []
+        _clean(out, names + old_splits)
 
     fp = fingerprint(cfg, splits)
     journal_path = out / JOURNAL_NAME
@@ -338,6 +342,12 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
             consumed += 1
             progress.update(nbytes=nbytes)
         writer.close()
+    except WorkerDied as e:
+        writer.abandon()
+        srcs = [it.src for it in e.chunk]
+        raise ShardError(f"a worker process died while preparing {srcs[0]} .. {srcs[-1]} (a decoder crash?); "
+                         "re-run with --workers 1 to find the input, which resumes where this run "
+                         "stopped") from None
     except BaseException:
         writer.abandon()
         raise

@@ -7,7 +7,16 @@ from __future__ import annotations
 import multiprocessing
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
+
+
+class WorkerDied(RuntimeError):
+    """A worker process died (e.g. a decoder crashed) while handling ``chunk``."""
+
+    def __init__(self, chunk):
+        super().__init__(f"a worker process died while handling {len(chunk)} item(s)")
+        self.chunk = chunk
 
 
 def _run_chunk(fn, chunk):
@@ -31,17 +40,21 @@ def ordered_map(fn, items, workers: int = 1, chunk_size: int = 16, chunks_ahead:
         def submit() -> bool:
             chunk = list(islice(it, chunk_size))
             if chunk:
-                pending.append(pool.submit(_run_chunk, fn, chunk))
+                pending.append((chunk, pool.submit(_run_chunk, fn, chunk)))
             return bool(chunk)
 
         for _ in range(workers * chunks_ahead):
             if not submit():
                 break
         while pending:
-            results = pending.popleft().result()
+            chunk, future = pending.popleft()
+            try:
+                results = future.result()
+            except BrokenProcessPool:
+                raise WorkerDied(chunk) from None
             submit()
             yield from results
     finally:
-        for f in pending:
+        for _, f in pending:
             f.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
