@@ -32,6 +32,17 @@ def check_box(bbox, width: int, height: int) -> tuple[list[float] | None, str | 
     return clipped, None
 
 
+def iou(a, b) -> float:
+    """Intersection over union of two ``[x, y, w, h]`` boxes."""
+    ax0, ay0, aw, ah = a
+    bx0, by0, bw, bh = b
+    iw = max(0.0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
+    ih = max(0.0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
 def scale_box(bbox, sx: float, sy: float) -> list[float]:
     x, y, w, h = bbox
     return [x * sx, y * sy, w * sx, h * sy]

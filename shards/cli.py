@@ -163,16 +163,23 @@ def _image_opts(args):
 
 def _splits(items, args):
     from .job import Split
-    from .split import shuffled, stratified_split
+    from .split import stratified_split
 
     if args.val_fraction > 0:
         train, val = stratified_split(items, args.val_fraction, args.seed)
-        parts = [("train", train), ("val", val)]
-    else:
-        parts = [(None, items)]
-    if args.shuffle:
-        parts = [(n, shuffled(its, random.Random(f"{args.seed}/{n}").randrange(2**32))) for n, its in parts]
-    return [Split(n, its) for n, its in parts]
+        return _shuffle_splits([Split("train", train), Split("val", val)], args)
+    return _shuffle_splits([Split(None, items)], args)
+
+
+def _shuffle_splits(splits, args):
+    """``--shuffle``: each split shuffled with its own seed drawn from ``--seed``."""
+    from .job import Split
+    from .split import shuffled
+
+    if not args.shuffle:
+        return splits
+    return [Split(s.name, shuffled(s.items, random.Random(f"{args.seed}/{s.name}").randrange(2**32)))
+            for s in splits]
 
 
 def _run(args, kind, splits, prepare, options, classes=None, categories=None, notes=()):
@@ -269,7 +276,7 @@ def cmd_pairs(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import CLASS_NAMES, PrepareDemo, build_items, compose_object_items
     from .job import Split
-    from .split import shuffled, stratified_split
+    from .split import stratified_split
 
     if args.val_fraction <= 0:
         raise ShardError("demo datasets are always split: --val-fraction must be > 0")
@@ -278,12 +285,10 @@ def cmd_demo(args) -> int:
     if args.name == "digits-objects":
         train = compose_object_items(train, args.seed)
         val = compose_object_items(val, args.seed + 1)
-    parts = [("train", train), ("val", val)]
-    if args.shuffle:
-        parts = [(n, shuffled(its, random.Random(f"{args.seed}/{n}").randrange(2**32))) for n, its in parts]
+    splits = _shuffle_splits([Split("train", train), Split("val", val)], args)
     categories = ([{"id": i, "name": n} for i, n in enumerate(CLASS_NAMES)]
                   if args.name == "digits-objects" else None)
-    _run(args, f"demo:{args.name}", [Split(n, its) for n, its in parts], PrepareDemo(args.name),
+    _run(args, f"demo:{args.name}", splits, PrepareDemo(args.name),
          _shared_options(args, demo=args.name, limit=args.limit), classes=CLASS_NAMES, categories=categories)
     return 0
 

@@ -21,6 +21,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from .boxes import iou
 from .format import BOXCLS_EXT, BOXES_EXT, TEXT_EXT, encode_boxes
 from .job import Item, Prepared
 
@@ -100,7 +101,7 @@ def compose_object_items(pool: list[Item], seed: int, count: int | None = None) 
             for _try in range(20):
                 side = int(rng.integers(MIN_SCALE, MAX_SCALE + 1))
                 x, y = (int(v) for v in rng.integers(0, CANVAS_SIDE - side + 1, size=2))
-                if all(_iou((x, y, side, side), (p["x"], p["y"], p["side"], p["side"])) < 0.2 for p in placed):
+                if all(iou((x, y, side, side), (p["x"], p["y"], p["side"], p["side"])) < 0.2 for p in placed):
                     break
             placed.append({"pixels": m.extra["pixels"], "label": m.label, "src": m.src,
                            "x": x, "y": y, "side": side})
@@ -208,12 +209,3 @@ class PrepareDemo:
 
 def _a(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
-
-
-def _iou(a, b) -> float:
-    ax0, ay0, aw, ah = a
-    bx0, by0, bw, bh = b
-    iw = max(0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
-    ih = max(0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
-    inter = iw * ih
-    return inter / float(aw * ah + bw * bh - inter)

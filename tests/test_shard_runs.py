@@ -200,3 +200,22 @@ def test_verify_sample_and_info(tmp_path, clvr):
     assert r.code == 0
     assert "[train] 32 samples" in r.out and "[val] 8 samples" in r.out and "txt (32)" in r.out
     assert "command: clvr shard demo digits-captions" in r.out
+
+
+def test_verify_decodes_samples_that_no_verify_let_through(tmp_path, clvr):
+    from conftest import encode, photo
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    data = encode(noise, "JPEG", quality=90)
+    (src / "broken.jpg").write_bytes(data[: len(data) // 2])
+    photo(1).save(src / "fine.jpg")
+    out = tmp_path / "out"
+    assert clvr("shard", "images", src, out, "--no-verify", "--no-progress", "--workers", "1").code == 0
+    r = clvr("shard", "verify", out, "--no-progress")
+    assert r.code == 1
+    assert "000000000.jpg: does not decode" in r.err and "truncated" in r.err
+    assert "000000001" not in r.err
