@@ -200,10 +200,18 @@ def _shared_options(args, **extra):
     return {**{k: getattr(args, k) for k in keys}, **extra}
 
 
+def _out_not_inside(src: Path, out: Path) -> None:
+    src, out = src.resolve(), out.resolve()
+    if out == src or src in out.parents:
+        raise ShardError(f"{out}: OUT lies inside SRC {src}; its shards would be read as input. "
+                         "Choose an OUT outside SRC")
+
+
 def cmd_images(args) -> int:
     from .image_sources import PrepareImageFile, list_file, list_folder
 
     if args.src.is_dir():
+        _out_not_inside(args.src, args.out)
         items, classes, notes = list_folder(args.src)
         root = args.src
     elif args.src.is_file():
@@ -236,6 +244,7 @@ def cmd_videos(args) -> int:
     from .image_sources import list_folder
     from .videos import VIDEO_SUFFIXES, PrepareVideoFile, VideoOptions
 
+    _out_not_inside(args.src, args.out)
     items, classes, notes = list_folder(args.src, VIDEO_SUFFIXES, what="video")
     if not items:
         raise ShardError(f"{args.src}: found no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")

@@ -219,3 +219,9 @@ def test_verify_decodes_samples_that_no_verify_let_through(tmp_path, clvr):
     assert r.code == 1
     assert "000000000.jpg: does not decode" in r.err and "truncated" in r.err
     assert "000000001" not in r.err
+
+
+def test_out_inside_src_is_refused(tmp_path, image_folder, clvr):
+    r = clvr("shard", "images", image_folder, image_folder / "shards", "--no-progress", "--workers", "1")
+    assert r.code == 2 and "inside SRC" in r.err
+    assert not (image_folder / "shards").exists()
