@@ -10,9 +10,11 @@ otherwise converted (and the conversion logged):
 
 Rejected (and logged): zero-byte files, files that are not images, images over
 ``--max-pixels``, and -- with verification on, the default -- corrupt or truncated images.
-Verification decodes the whole entropy-coded stream; for JPEG it decodes to grayscale at 1/8
-scale (libjpeg's DCT scaling), which still entropy-decodes every coefficient of every colour
-component, at a fraction of the cost of a full decode.
+Verification decodes the whole entropy-coded stream. A colour JPEG that is kept as it is goes
+through libjpeg-turbo directly (``simplejpeg``): its header is read without PIL, and it is
+decoded to grayscale at 1/8 scale (DCT scaling), which still entropy-decodes every coefficient
+of every colour component, at a fraction of the cost of a full decode; libjpeg's warnings
+(e.g. "premature end of JPEG file") count as errors. Everything else goes through PIL.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import Reject
+
+try:  # libjpeg-turbo without PIL's overhead; optional, PIL does the same job more slowly
+    import simplejpeg
+except ImportError:  # pragma: no cover - a platform without simplejpeg's wheels
+    simplejpeg = None
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, before decoding
@@ -104,10 +111,37 @@ def _encode(im: Image.Image, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
+JPEG_SOI = b"\xff\xd8\xff"
+KEEP_JPEG_COLOURSPACES = ("YCbCr", "RGB")
+
+
+def _fast_jpeg(data: bytes, options: ImageOptions) -> PreparedImage | None:
+    """The common case -- a colour JPEG kept byte for byte -- checked with libjpeg-turbo alone.
+    Returns None when the image needs PIL (not a plain colour JPEG, to be resized, ...)."""
+    try:
+        h, w, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None  # PIL says what is wrong with it
+    if colourspace not in KEEP_JPEG_COLOURSPACES or w * h > options.max_pixels or w <= 0 or h <= 0:
+        return None
+    if options.max_side is not None and max(w, h) > options.max_side:
+        return None
+    if options.verify:
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, min_factor=8)
+        except ValueError as e:
+            raise Reject(f"corrupt or truncated image data: {e}") from None
+    return PreparedImage("jpg", data, w, h, "JPEG", (w, h), (1.0, 1.0), [])
+
+
 def prepare_image(data: bytes, options: ImageOptions, need_pixels: bool = False) -> PreparedImage:
     """Check and normalise one encoded image. Raises :class:`Reject` with the reason."""
     if len(data) == 0:
         raise Reject("empty file (0 bytes)")
+    if simplejpeg is not None and not need_pixels and data[:3] == JPEG_SOI:
+        fast = _fast_jpeg(data, options)
+        if fast is not None:
+            return fast
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

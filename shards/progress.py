@@ -5,24 +5,25 @@ from __future__ import annotations
 import sys
 import time
 
-from tqdm import tqdm
-
 
 class Progress:
     def __init__(self, total: int, desc: str, enabled: bool = True, initial: int = 0):
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="sample", file=sys.stderr,
-                        disable=not enabled, mininterval=0.5, dynamic_ncols=True, leave=True)
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm  # imported only when shown: it costs a tenth of a second
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="sample", file=sys.stderr,
+                            mininterval=0.5, dynamic_ncols=True, leave=True)
         self.start = time.perf_counter()
         self.bytes = 0
         self.rejects = 0
-        self.enabled = enabled
         self.count = 0
 
     def update(self, n: int = 1, nbytes: int = 0, rejected: bool = False) -> None:
         self.bytes += nbytes
         self.rejects += int(rejected)
         self.count += n
-        if not self.enabled:
+        if self.bar is None:
             return
         self.bar.update(n)
         if self.count % 64 == 0 or rejected:
@@ -31,4 +32,5 @@ class Progress:
                                  refresh=False)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
