@@ -239,14 +239,10 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
                 rejects.close()
                 raise StrictReject(f"{src}: {reason} (--strict stops at the first reject)")
         journal["rejects_bytes"] = rejects.position()
-    results = []
     try:
-        for split in splits:
-            results.append(_run_split(cfg, split, prepare, out, journal, journal_path, rejects, log))
-    except BaseException:
+        results = [_run_split(cfg, split, prepare, out, journal, journal_path, rejects, log) for split in splits]
+    finally:
         rejects.close()
-        raise
-    rejects.close()
 
     result = JobResult(
         splits=results,

@@ -15,20 +15,15 @@ REJECTS_NAME = "rejects.jsonl"
 
 class RejectLog:
     def __init__(self, out: Path, truncate_to: int | None = None):
+        """A new log, or -- resuming -- the old one cut back to ``truncate_to`` bytes and recounted."""
         self.path = Path(out) / REJECTS_NAME
-        if truncate_to is None:
-            self.file = open(self.path, "wb")
-        else:
-            self.file = open(self.path, "r+b" if self.path.exists() else "wb")
-            self.file.truncate(truncate_to)
-            self.file.seek(truncate_to)
-            self._recount()
-            return
         self.counts: Counter = Counter()
-
-    def _recount(self) -> None:
-        self.counts = Counter()
-        self.file.flush()
+        if truncate_to is None or not self.path.exists():
+            self.file = open(self.path, "wb")
+            return
+        self.file = open(self.path, "r+b")
+        self.file.truncate(truncate_to)
+        self.file.seek(truncate_to)
         with open(self.path, "rb") as f:
             for line in f:
                 entry = json.loads(line)
