@@ -79,8 +79,16 @@ def decode_boxes(coords: bytes, cats: bytes) -> list[tuple[list[float], int]]:
     return [(list(xs[4 * i: 4 * i + 4]), cs[i]) for i in range(n)]
 
 
+def json_bytes(obj, indent: int | None = None) -> bytes:
+    """UTF-8 JSON with sorted keys. File names that are not valid UTF-8 reach Python as lone
+    surrogates; they are written as ``\\udcXX`` escapes, which read back to the same name."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    text = json.dumps(obj, sort_keys=True, separators=separators, indent=indent, ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace")
+
+
 def encode_json(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json_bytes(obj)
 
 
 def split_member_name(name: str) -> tuple[str, str]:

@@ -31,10 +31,17 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 def _walk(root: Path, suffixes, rel_to: Path) -> tuple[list[str], list[str]]:
     """(files with one of ``suffixes``, other files) as sorted POSIX paths relative to ``rel_to``;
-    hidden files and folders are skipped."""
+    hidden files and folders are skipped. Symbolic links are followed, each folder once, so a
+    link that points back up the tree cannot make the walk endless."""
     found, other = [], []
     base = len(str(rel_to).rstrip(os.sep)) + 1
+    seen = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = dirpath[base:].replace(os.sep, "/")
         prefix = rel_dir + "/" if rel_dir else ""

@@ -154,7 +154,7 @@ def fingerprint(cfg: JobConfig, splits: list[Split]) -> str:
     for s in splits:
         h.update(f"\0split {s.name}\0".encode())
         for it in s.items:
-            h.update(f"{it.src}\0{it.label}\0".encode())
+            h.update(f"{it.src}\0{it.label}\0".encode("utf-8", "surrogateescape"))
             if it.extra is not None:
                 h.update(json.dumps(it.extra, sort_keys=True, default=str).encode())
     return h.hexdigest()

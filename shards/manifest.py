@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import ShardError
-from .format import FORMAT_NAME, FORMAT_VERSION
+from .format import FORMAT_NAME, FORMAT_VERSION, json_bytes
 
 MANIFEST_NAME = "manifest.json"
 
@@ -21,7 +21,7 @@ MANIFEST_NAME = "manifest.json"
 def write_json_atomic(path: Path, obj) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    tmp.write_bytes(json_bytes(obj, indent=2) + b"\n")
     os.replace(tmp, path)
 
 

@@ -10,6 +10,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from .format import json_bytes
+
 REJECTS_NAME = "rejects.jsonl"
 
 
@@ -32,7 +34,7 @@ class RejectLog:
     def add(self, src: str, reason: str, action: str = "rejected", what: str = "sample",
             split: str | None = None, **extra) -> None:
         entry = {"src": src, "split": split, "what": what, "action": action, "reason": reason, **extra}
-        self.file.write((json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode())
+        self.file.write(json_bytes(entry) + b"\n")
         self.counts[(action, what)] += 1
 
     def count(self, action: str, what: str | None = None) -> int:

@@ -146,3 +146,18 @@ def test_member_headers_parse_as_ustar_with_fixed_metadata(name, size):
     assert (info.name, info.size, info.mtime, info.mode, info.uid, info.gid, info.uname) == \
         (name, size, 0, 0o644, 0, 0, "")
     assert info.isreg()
+
+
+def test_plain_webdataset_decode_gives_int_labels_and_text(tmp_path, clvr):
+    import webdataset as wds
+
+    out = tmp_path / "cap"
+    assert clvr("shard", "demo", "digits-captions", out, "--limit", "20", "--no-progress", "--workers", "1").code == 0
+    tars, _ = shard_paths(out / "train")
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode("pil"))
+    assert len(samples) == 16
+    for s in samples:
+        assert isinstance(s["cls"], int) and s["cls"] == s["json"]["label"]
+        assert isinstance(s["txt"], str) and s["txt"] == s["json"]["captions"][0]
+        assert s["png"].mode == "RGB" and s["png"].size == (32, 32)
+        assert isinstance(s["index.i64"], bytes) and decode_int64(s["index.i64"]) == s["json"]["index"]

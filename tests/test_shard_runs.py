@@ -225,3 +225,23 @@ def test_out_inside_src_is_refused(tmp_path, image_folder, clvr):
     r = clvr("shard", "images", image_folder, image_folder / "shards", "--no-progress", "--workers", "1")
     assert r.code == 2 and "inside SRC" in r.err
     assert not (image_folder / "shards").exists()
+
+
+def test_odd_file_names_and_symlink_loops(tmp_path, clvr):
+    """Names that are not UTF-8 are kept (escaped in JSON); a link back up the tree ends the walk."""
+    import os
+
+    from conftest import photo
+
+    src = tmp_path / "src" / "cat"
+    src.mkdir(parents=True)
+    photo(1).save(src / "plain.png")
+    photo(2).save(os.fsencode(src) + b"/bad\xffname.png")
+    (src / "loop").symlink_to(src.parent, target_is_directory=True)
+    out = tmp_path / "out"
+    r = clvr("shard", "images", tmp_path / "src", out, "--no-progress", "--workers", "1")
+    assert r.code == 0, r.err
+    samples = read_samples(sorted(out.glob("*.tar")))
+    srcs = sorted(json.loads(s["json"])["src"] for s in samples)
+    assert srcs == ["cat/bad\udcffname.png", "cat/plain.png"]
+    assert clvr("shard", "verify", out, "--no-progress").code == 0
