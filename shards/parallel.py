@@ -5,6 +5,7 @@ flight, so memory stays flat however large the dataset is."""
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -17,6 +18,11 @@ class WorkerDied(RuntimeError):
     def __init__(self, chunk):
         super().__init__(f"a worker process died while handling {len(chunk)} item(s)")
         self.chunk = chunk
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and cleans up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_chunk(fn, chunk):
@@ -34,7 +40,7 @@ def ordered_map(fn, items, workers: int = 1, chunk_size: int = 16, chunks_ahead:
     # workers only run ``fn``, so nothing they inherit from the parent's threads is touched.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
     pending: deque = deque()
     try:
         def submit() -> bool:

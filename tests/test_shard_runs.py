@@ -245,3 +245,19 @@ def test_odd_file_names_and_symlink_loops(tmp_path, clvr):
     srcs = sorted(json.loads(s["json"])["src"] for s in samples)
     assert srcs == ["cat/bad\udcffname.png", "cat/plain.png"]
     assert clvr("shard", "verify", out, "--no-progress").code == 0
+
+
+def test_ctrl_c_in_a_terminal_stops_workers_quietly(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the workers must leave it to the parent."""
+    out = tmp_path / "out"
+    cmd = _cmd(out)
+    cmd[cmd.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    _wait_for_shards(out, proc, at_least=1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not (out / "manifest.json").exists() and not (out / LOCK_NAME).exists()
+    assert not list(out.rglob("*.tmp"))
