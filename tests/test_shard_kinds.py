@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clvr.shards.boxes import iou
+
 from conftest import photo, read_rejects, read_samples
 
 FAST = ("--workers", "1", "--no-progress")
@@ -71,14 +73,6 @@ def boxes_of(s: dict) -> tuple[np.ndarray, np.ndarray]:
     assert len(coords) % 16 == 0 and len(cats) == len(coords) // 2
     return (np.frombuffer(coords, "<f4").reshape(-1, 4), np.frombuffer(cats, "<i8"))
 
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    return inter / (aw * ah + bw * bh - inter)
 
 
 # ----------------------------------------------------------------------------- images
