@@ -185,7 +185,7 @@ def _shuffle_splits(splits, args):
 def _run(args, kind, splits, prepare, options, classes=None, categories=None, notes=()):
     from .job import JobConfig, print_summary, run_job
 
-    cfg = JobConfig(kind=kind, out=args.out, command=["clvr", *sys.argv[1:]], options=options,
+    cfg = JobConfig(kind=kind, out=args.out, command=["clvr", *args.argv], options=options,
                     shard_size=args.shard_size, max_shard_bytes=args.max_shard_bytes, workers=args.workers,
                     strict=args.strict, overwrite=args.overwrite, seed=args.seed, classes=classes,
                     categories=categories, progress=args.progress, resume=args.resume, fsync=args.fsync,

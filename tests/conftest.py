@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,10 @@ def clvr(capsys):
     from clvr.cli import main
 
     def run(*args) -> CliResult:
-        argv = [str(a) for a in args]
-        old = sys.argv
-        sys.argv = ["clvr", *argv]
         try:
-            try:
-                code = main(argv)
-            except SystemExit as e:  # argparse errors
-                code = e.code if isinstance(e.code, int) else 1
-        finally:
-            sys.argv = old
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse errors
+            code = e.code if isinstance(e.code, int) else 1
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
 
