@@ -10,6 +10,7 @@ Crowd annotations (``iscrowd: 1``) stay in the JSON metadata, flagged, but are l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import defaultdict
@@ -72,7 +73,8 @@ def load_coco(instances: Path):
 class PrepareCocoImage:
     def __init__(self, images_dir, options, keep_crowd: bool = False):
         self.images_dir = str(images_dir)
-        self.options = options
+        # COCO boxes refer to the stored pixel grid, so an EXIF rotation is reset, not applied.
+        self.options = dataclasses.replace(options, orientation="reset")
         self.keep_crowd = keep_crowd
 
     def __call__(self, item: Item) -> Prepared:

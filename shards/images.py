@@ -6,7 +6,11 @@ otherwise converted (and the conversion logged):
 * CMYK, 16-bit, 32-bit int/float, palette, 1-bit and grayscale -> 8-bit RGB;
 * alpha (RGBA, LA, palette with transparency) -> composited over white;
 * other formats (BMP, TIFF, GIF, ...) -> PNG (lossless); animated images -> first frame;
-* a side over ``--max-side`` -> resized, aspect kept (JPEG stays JPEG at ``--jpeg-quality``).
+* a side over ``--max-side`` -> resized, aspect kept (JPEG stays JPEG at ``--jpeg-quality``);
+* an EXIF orientation other than upright -> applied (the image rotated/flipped upright and
+  re-encoded), or with ``orientation="reset"`` (COCO, whose boxes refer to the stored pixel
+  grid) the tag set to 1 in place. DALI's decoder applies the tag and PIL does not, so a shard
+  never keeps one: every reader then sees the same pixels.
 
 Rejected (and logged): zero-byte files, files that are not images, images over
 ``--max-pixels``, and -- with verification on, the default -- corrupt or truncated images.
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import Reject
+from .exif import ORIENTATION_TAG, jpeg_orientation, reset_jpeg_orientation
 
 try:  # libjpeg-turbo without PIL's overhead; optional, PIL does the same job more slowly
     import simplejpeg
@@ -46,6 +51,7 @@ class ImageOptions:
     max_side: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     jpeg_quality: int = 95
+    orientation: str = "apply"  # EXIF orientation: "apply" it, or "reset" the tag to upright
 
 
 @dataclass
@@ -100,6 +106,22 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
+# EXIF orientation -> the transpose that turns the stored pixels upright
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+           7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(im: Image.Image, data: bytes, fmt: str) -> int:
+    if fmt in ("JPEG", "MPO"):
+        return jpeg_orientation(data)[0]
+    try:
+        value = im.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block is no reason to lose the image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def _encode(im: Image.Image, fmt: str, quality: int) -> bytes:
     buf = io.BytesIO()
     if fmt == "jpg":
@@ -126,12 +148,19 @@ def _fast_jpeg(data: bytes, options: ImageOptions) -> PreparedImage | None:
         return None
     if options.max_side is not None and max(w, h) > options.max_side:
         return None
+    notes = []
+    orientation, _ = jpeg_orientation(data)
+    if orientation != 1:
+        if options.orientation == "apply":
+            return None
+        data = reset_jpeg_orientation(data)
+        notes.append(f"EXIF orientation {orientation} reset to 1 (pixels kept as stored)")
     if options.verify:
         try:
             simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, min_factor=8)
         except ValueError as e:
             raise Reject(f"corrupt or truncated image data: {e}") from None
-    return PreparedImage("jpg", data, w, h, "JPEG", (w, h), (1.0, 1.0), [])
+    return PreparedImage("jpg", data, w, h, "JPEG", (w, h), (1.0, 1.0), notes)
 
 
 def prepare_image(data: bytes, options: ImageOptions, need_pixels: bool = False) -> PreparedImage:
@@ -160,7 +189,16 @@ def prepare_image(data: bytes, options: ImageOptions, need_pixels: bool = False)
         fmt = im.format or "?"
         frames = getattr(im, "n_frames", 1)
         resize = options.max_side is not None and max(w, h) > options.max_side
-        keep = fmt in KEEP_FORMATS and im.mode == "RGB" and not resize and frames == 1
+        orientation = _orientation(im, data, fmt)
+        rotate = orientation != 1 and options.orientation == "apply"
+        keep = fmt in KEEP_FORMATS and im.mode == "RGB" and not resize and frames == 1 and not rotate
+        if orientation != 1 and not rotate:
+            if keep and fmt in ("JPEG", "MPO"):
+                data = reset_jpeg_orientation(data)
+                notes.append(f"EXIF orientation {orientation} reset to 1 (pixels kept as stored)")
+            else:
+                keep = False  # re-encoding drops the tag
+                notes.append(f"EXIF orientation {orientation} dropped (pixels kept as stored)")
         try:
             if keep and not need_pixels:
                 if options.verify:
@@ -174,17 +212,21 @@ def prepare_image(data: bytes, options: ImageOptions, need_pixels: bool = False)
                 notes.append(f"animated {fmt} ({frames} frames): first frame kept")
             im.load()
             rgb = _to_rgb(im, notes)
+            if rotate:
+                rgb = rgb.transpose(UPRIGHT[orientation])
+                notes.append(f"EXIF orientation {orientation} applied (image turned upright)")
         except Reject:
             raise
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise Reject(f"corrupt or truncated image data: {e}") from None
     scale = (1.0, 1.0)
     if resize:
-        factor = options.max_side / max(w, h)
-        nw, nh = max(1, round(w * factor)), max(1, round(h * factor))
+        sw, sh = rgb.size
+        factor = options.max_side / max(sw, sh)
+        nw, nh = max(1, round(sw * factor)), max(1, round(sh * factor))
         rgb = rgb.resize((nw, nh), Image.Resampling.LANCZOS)
-        scale = (nw / w, nh / h)
-        notes.append(f"resized {w}x{h} -> {nw}x{nh} (--max-side {options.max_side})")
+        scale = (nw / sw, nh / sh)
+        notes.append(f"resized {sw}x{sh} -> {nw}x{nh} (--max-side {options.max_side})")
     if keep and not resize:
         out_ext, out = KEEP_FORMATS[fmt], data
     else:
