@@ -77,8 +77,11 @@ class PrepareCocoImage:
         self.options = dataclasses.replace(options, orientation="reset")
         self.keep_crowd = keep_crowd
 
+    def input_path(self, item: Item) -> str:
+        return os.path.join(self.images_dir, item.src)
+
     def __call__(self, item: Item) -> Prepared:
-        data = read_input(os.path.join(self.images_dir, item.src), "image file")
+        data = read_input(self.input_path(item), "image file")
         img = prepare_image(data, self.options)
         notes = [("sample", "converted", n) for n in img.notes]
         sx, sy = img.scale

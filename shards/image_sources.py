@@ -147,8 +147,11 @@ class PrepareImageFile:
         self.proposals = proposals
         self.max_proposals = max_proposals
 
+    def input_path(self, item: Item) -> str:
+        return os.path.join(self.root, item.src)
+
     def __call__(self, item: Item):
-        path = os.path.join(self.root, item.src)
+        path = self.input_path(item)
         data = read_input(path)
         img = prepare_image(data, self.options, need_pixels=self.proposals is not None)
         meta = {"width": img.width, "height": img.height, "source_format": img.source_format}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -39,7 +40,10 @@ JOURNAL_NAME = ".clvr-progress.json"
 
 @dataclass(frozen=True)
 class Item:
-    """One input sample before preparation. ``src`` names it in every message."""
+    """One input sample before preparation. ``src`` names it in every message.
+
+    A ``prepare`` that reads files may define ``input_path(item)``: a resumed run then checks
+    that the files the interrupted run consumed are unchanged (size and modification time)."""
 
     src: str
     label: int = UNLABELLED
@@ -160,25 +164,48 @@ def fingerprint(cfg: JobConfig, splits: list[Split]) -> str:
     return h.hexdigest()
 
 
-def _is_ours(name: str) -> bool:
-    return (name.endswith((".tar", ".idx", TMP_SUFFIX)) or name in (MANIFEST_NAME, REJECTS_NAME, JOURNAL_NAME))
+def _split_dir(out: Path, name: str | None) -> Path:
+    return out / name if name else out
 
 
-def _clean(directory: Path, split_names: list[str | None]) -> None:
-    """Remove what an earlier clvr run wrote (and nothing else) from OUT and its split folders."""
-    dirs = [directory] + [directory / n for n in split_names if n]
-    for d in dirs:
-        if d.is_dir():
-            for p in d.iterdir():
-                if p.is_file() and _is_ours(p.name):
-                    p.unlink()
+def _shard_files(directory: Path, prefix: str, tmp: bool | None = None) -> list[Path]:
+    """Files named as clvr names shards in ``directory`` (``PREFIX-NNNNNN.tar|.idx``, and their
+    ``.tmp``), and nothing else: a user's own files in OUT are never touched."""
+    pattern = re.compile(rf"^{re.escape(prefix)}-\d{{6}}\.(tar|idx)({re.escape(TMP_SUFFIX)})?$")
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and (m := pattern.match(p.name))
+                  and (tmp is None or bool(m.group(2)) == tmp))
 
 
-def _remove_tmp(directory: Path) -> None:
-    if directory.is_dir():
-        for p in directory.iterdir():
-            if p.name.endswith(TMP_SUFFIX):
-                p.unlink()
+def _clean(out: Path, split_names: list[str | None]) -> None:
+    """Remove what a clvr run writes -- shards, indices, manifests, rejects, journal -- from OUT
+    and its split folders."""
+    for name in split_names:
+        d = _split_dir(out, name)
+        for p in _shard_files(d, name or "shard"):
+            p.unlink()
+        (d / MANIFEST_NAME).unlink(missing_ok=True)
+    for name in (MANIFEST_NAME, REJECTS_NAME, JOURNAL_NAME):
+        (out / name).unlink(missing_ok=True)
+
+
+def _input_token(path: str | None) -> bytes:
+    """What identifies an input file's content cheaply: its size and modification time."""
+    if path is None:
+        return b"-\0"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return b"missing\0"
+    return f"{st.st_size}:{st.st_mtime_ns}\0".encode()
+
+
+def _inputs_digest(items: list[Item], path_of) -> "hashlib._Hash":
+    h = hashlib.sha256()
+    for it in items:
+        h.update(_input_token(path_of(it) if path_of else None))
+    return h
 
 
 def run_job(cfg: JobConfig, splits: list[Split], prepare: Callable[[Item], Prepared],
@@ -206,30 +233,32 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
         _clean(out, names + old_splits)
 
     fp = fingerprint(cfg, splits)
+    path_of = getattr(prepare, "input_path", None)
     journal_path = out / JOURNAL_NAME
-    journal = None
-    if journal_path.exists():
-        try:
-            journal = json.loads(journal_path.read_text())
-        except ValueError:
-            journal = None
-        if journal is not None and (journal.get("fingerprint") != fp or not cfg.resume or cfg.overwrite):
-            log(f"note: {out} holds an interrupted run of a different job (or --no-resume); "
-                "starting over")
-            journal = None
-        elif journal is not None and not _journal_files_ok(out, journal):
-            log(f"note: {out}: files of the interrupted run are missing or changed; starting over")
+    journal = _load_journal(journal_path)
+    inputs = None
+    if journal is not None:
+        inputs = _resumable(cfg, splits, out, journal, fp, path_of, log)
+        if inputs is None:  # the interrupted run's files are clvr's own: clear them
+            _clean(out, names + [k or None for k in journal.get("splits", {})])
             journal = None
     if journal is None:
+        leftovers = [p for n in names for p in _shard_files(_split_dir(out, n), n or "shard", tmp=False)]
+        if leftovers and not cfg.overwrite:
+            raise ShardError(f"{out}: holds shard files ({', '.join(p.name for p in leftovers[:3])}"
+                             f"{', ...' if len(leftovers) > 3 else ''}) that no manifest or interrupted run "
+                             "accounts for; pass --overwrite to replace them, or choose another OUT")
         _clean(out, names)
         journal = {"fingerprint": fp, "rejects_bytes": 0, "splits": {}}
+        inputs = {}
         resumed = False
     else:
         resumed = True
         done = sum(len(v["shards"]) for v in journal["splits"].values())
         log(f"resuming the interrupted run in {out}: {done} shard(s) already complete")
     for n in names:
-        _remove_tmp(out / n if n else out)
+        for p in _shard_files(_split_dir(out, n), n or "shard", tmp=True):
+            p.unlink()
 
     rejects = RejectLog(out, truncate_to=journal["rejects_bytes"] if resumed else None)
     if not resumed:
@@ -240,7 +269,8 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
                 raise StrictReject(f"{src}: {reason} (--strict stops at the first reject)")
         journal["rejects_bytes"] = rejects.position()
     try:
-        results = [_run_split(cfg, split, prepare, out, journal, journal_path, rejects, log) for split in splits]
+        results = [_run_split(cfg, split, prepare, out, journal, journal_path, rejects,
+                              inputs.get(split.name or "") or hashlib.sha256(), path_of) for split in splits]
     finally:
         rejects.close()
 
@@ -256,11 +286,39 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
     return result
 
 
+def _load_journal(path: Path) -> dict | None:
+    try:
+        journal = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return journal if isinstance(journal, dict) and isinstance(journal.get("splits"), dict) else None
+
+
+def _resumable(cfg, splits, out: Path, journal: dict, fp: str, path_of, log) -> dict | None:
+    """The running input digests per split when the interrupted run can go on; None otherwise."""
+    if journal.get("fingerprint") != fp or not cfg.resume or cfg.overwrite:
+        log(f"note: {out} holds an interrupted run of a different job (or --no-resume); starting over")
+        return None
+    if not _journal_files_ok(out, journal):
+        log(f"note: {out}: files of the interrupted run are missing or changed; starting over")
+        return None
+    inputs = {}
+    for s in splits:  # the inputs it consumed must be unchanged (size and mtime of each file)
+        state = journal["splits"].get(s.name or "")
+        if state is not None:
+            digest = _inputs_digest(s.items[:state["consumed"]], path_of)
+            if digest.hexdigest() != state.get("inputs"):
+                log(f"note: {out}: input files changed since the interrupted run; starting over")
+                return None
+            inputs[s.name or ""] = digest
+    return inputs
+
+
 def _journal_files_ok(out: Path, journal: dict) -> bool:
     if not (out / REJECTS_NAME).exists() or (out / REJECTS_NAME).stat().st_size < journal["rejects_bytes"]:
         return False
     for name, state in journal["splits"].items():
-        d = out / name if name != "null" else out
+        d = _split_dir(out, name)
         for rec in state["shards"]:
             p = d / rec["name"]
             if not p.exists() or p.stat().st_size != rec["bytes"] or not (d / rec["index"]).exists():
@@ -269,9 +327,11 @@ def _journal_files_ok(out: Path, journal: dict) -> bool:
 
 
 def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, journal_path: Path,
-               rejects: RejectLog, log) -> SplitResult:
-    key = str(split.name)  # "null" for the unsplit set: JSON keys are strings
-    directory = out / split.name if split.name else out
+               rejects: RejectLog, inputs, path_of) -> SplitResult:
+    """Write one split. ``inputs`` is the running digest of the inputs consumed so far (size and
+    mtime of each file), kept in the journal so a resume can tell that they did not change."""
+    key = split.name or ""  # JSON keys are strings: "" for the unsplit set
+    directory = _split_dir(out, split.name)
     state = journal["splits"].setdefault(key, {"shards": [], "consumed": 0, "next_index": 0,
                                                "components": {}, "labels": {}, "stats": {}})
     consumed = state["consumed"]
@@ -296,6 +356,7 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
         state["components"] = dict(components)
         state["labels"] = dict(labels)
         state["stats"] = dict(stats)
+        state["inputs"] = inputs.hexdigest()
         journal["rejects_bytes"] = rejects.position()
         write_json_atomic(journal_path, journal)
 
@@ -308,8 +369,10 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
     try:
         for item, res in zip(split.items[consumed:],
                              ordered_map(safe, split.items[consumed:], workers=cfg.workers)):
+            token = _input_token(path_of(item) if path_of else None)
             if isinstance(res, Rejected):
                 rejects.add(item.src, res.reason, split=split.name)
+                inputs.update(token)
                 consumed += 1
                 progress.update(rejected=True)
                 if cfg.strict:
@@ -334,6 +397,7 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
             pending_components.update(ext for ext, _ in ordered)
             pending_labels[str(item.label)] += 1
             pending_stats.update(res.stats)
+            inputs.update(token)
             next_index += 1
             consumed += 1
             progress.update(nbytes=nbytes)

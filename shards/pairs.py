@@ -68,12 +68,15 @@ class PreparePair:
         self.root = str(root)
         self.options = options
 
+    def input_path(self, item: Item) -> str:
+        return os.path.join(self.root, item.src)
+
     def __call__(self, item: Item) -> Prepared:
         captions = [" ".join(c.split()) for c in item.extra["captions"]]
         captions = [c for c in captions if c]
         if not captions:
             raise Reject(f"empty caption (line {item.extra['line']})")
-        data = read_input(os.path.join(self.root, item.src), f"image file (line {item.extra['line']})")
+        data = read_input(self.input_path(item), f"image file (line {item.extra['line']})")
         img = prepare_image(data, self.options)
         comps = {img.ext: img.data, TEXT_EXT: "\n".join(captions).encode("utf-8")}
         meta = {"width": img.width, "height": img.height, "captions": captions, "line": item.extra["line"]}

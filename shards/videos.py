@@ -140,8 +140,11 @@ class PrepareVideoFile:
         self.root = str(root)
         self.options = options
 
+    def input_path(self, item: Item) -> str:
+        return os.path.join(self.root, item.src)
+
     def __call__(self, item: Item) -> Prepared:
-        data = read_input(os.path.join(self.root, item.src))
+        data = read_input(self.input_path(item))
         if not data:
             raise Reject("empty file (0 bytes)")
         return prepare_video_bytes(data, Path(item.src).suffix.lower(), self.options)

@@ -36,9 +36,9 @@ def _cfg(out: Path, **kw) -> JobConfig:
                      progress=False, **kw)
 
 
-def _splits():
+def _splits(split: bool = True):
     items = [Item(f"item-{i}", i % 3) for i in range(40)]
-    return [Split("train", items[:28]), Split("val", items[28:])]
+    return [Split("train", items[:28]), Split("val", items[28:])] if split else [Split(None, items)]
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -46,18 +46,19 @@ def _snapshot(out: Path) -> dict[str, bytes]:
             and p.name != "manifest.json"}
 
 
+@pytest.mark.parametrize("split", [True, False], ids=["split", "unsplit"])
 @pytest.mark.parametrize("stop_at", [2, 7, 16, 27, 30, 39])
-def test_interrupt_anywhere_then_resume_gives_identical_output(tmp_path, stop_at):
+def test_interrupt_anywhere_then_resume_gives_identical_output(tmp_path, stop_at, split):
     ref = tmp_path / "ref"
-    run_job(_cfg(ref), _splits(), Prepare(), log=lambda m: None)
+    run_job(_cfg(ref), _splits(split), Prepare(), log=lambda m: None)
 
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run_job(_cfg(out), _splits(), Prepare(stop_at), log=lambda m: None)
+        run_job(_cfg(out), _splits(split), Prepare(stop_at), log=lambda m: None)
     assert not (out / "manifest.json").exists() and not (out / LOCK_NAME).exists()
     assert not list(out.rglob("*.tmp"))
     messages = []
-    result = run_job(_cfg(out), _splits(), Prepare(), log=messages.append)
+    result = run_job(_cfg(out), _splits(split), Prepare(), log=messages.append)
     assert result.resumed == (stop_at > 3)  # a shard of 3 accepted items was finished before the stop
     assert _snapshot(out) == _snapshot(ref)
     m_out = json.loads((out / "manifest.json").read_text())
@@ -68,9 +69,9 @@ def test_interrupt_anywhere_then_resume_gives_identical_output(tmp_path, stop_at
     assert m_out["rejects"]["rejected_samples"] == len(rejected)
     assert m_out["rejects"]["converted_samples"] == len(converted)
     assert m_out["totals"]["samples"] == 40 - len(rejected)
-    for split in ("train", "val"):
-        a = json.loads((out / split / "manifest.json").read_text())
-        b = json.loads((ref / split / "manifest.json").read_text())
+    for name in ("train", "val") if split else ():
+        a = json.loads((out / name / "manifest.json").read_text())
+        b = json.loads((ref / name / "manifest.json").read_text())
         assert a == b
 
 
@@ -117,3 +118,78 @@ def test_a_dying_worker_is_a_clear_error_not_a_hang(tmp_path):
     lo, hi = re.search(r"preparing item-(\d+) \.\. item-(\d+)", str(info.value)).groups()
     assert int(lo) <= 9 <= int(hi), "the message names the range that holds the input"
     assert not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+class FilePrepare(Prepare):
+    """Reads ``root/item-N.txt``; the payload is the file's content."""
+
+    def __init__(self, root: Path, stop_at: int | None = None):
+        super().__init__(stop_at)
+        self.root = root
+
+    def input_path(self, item: Item) -> str:
+        return str(self.root / f"{item.src}.txt")
+
+    def __call__(self, item: Item) -> Prepared:
+        n = int(item.src.split("-")[1])
+        if n == self.stop_at:
+            raise KeyboardInterrupt
+        text = Path(self.input_path(item)).read_text()
+        if text == "bad":
+            raise Reject("bad content")
+        return Prepared({"txt": text.encode()}, {"n": n})
+
+
+def test_inputs_changed_since_the_interruption_start_over(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(40):
+        (root / f"item-{i}.txt").write_text("bad" if i == 4 else f"content {i}")
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(_cfg(out), _splits(False), FilePrepare(root, stop_at=20), log=lambda m: None)
+    (root / "item-4.txt").write_text("fixed now")  # a consumed input changed (it was rejected)
+    os.utime(root / "item-4.txt", ns=(1, 1))
+    messages = []
+    result = run_job(_cfg(out), _splits(False), FilePrepare(root), log=messages.append)
+    assert not result.resumed and any("input files changed" in m for m in messages)
+    ref = tmp_path / "ref"
+    run_job(_cfg(ref), _splits(False), FilePrepare(root), log=lambda m: None)
+    assert _snapshot(out) == _snapshot(ref)
+    assert result.samples == 40 and result.rejected == 0
+
+
+def test_unchanged_inputs_resume(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(40):
+        (root / f"item-{i}.txt").write_text(f"content {i}")
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(_cfg(out), _splits(False), FilePrepare(root, stop_at=20), log=lambda m: None)
+    result = run_job(_cfg(out), _splits(False), FilePrepare(root), log=lambda m: None)
+    assert result.resumed and result.samples == 40
+
+
+def test_user_files_in_out_are_never_deleted(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"backup.tar": b"important", "notes.idx": b"x", "download.tmp": b"y", "shard-1.tar": b"z",
+            "train-000000.tar.bak": b"w"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    run_job(_cfg(out), _splits(False), Prepare(), log=lambda m: None)
+    run_job(_cfg(out, overwrite=True), _splits(True), Prepare(), log=lambda m: None)
+    for name, data in mine.items():
+        assert (out / name).read_bytes() == data
+
+
+def test_foreign_shard_files_need_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shard-000000.tar").write_bytes(b"someone else's")
+    with pytest.raises(ShardError, match="no manifest or interrupted run accounts for"):
+        run_job(_cfg(out), _splits(False), Prepare(), log=lambda m: None)
+    assert (out / "shard-000000.tar").read_bytes() == b"someone else's"
+    run_job(_cfg(out, overwrite=True), _splits(False), Prepare(), log=lambda m: None)
+    assert json.loads((out / "manifest.json").read_text())["totals"]["samples"] == 30
