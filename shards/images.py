@@ -112,6 +112,11 @@ UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
            7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
+def _png_bit_depth(data: bytes) -> int:
+    """Bit depth from a PNG's IHDR chunk (byte 24: signature 8, length 4, type 4, size 8)."""
+    return data[24] if len(data) > 24 and data[12:16] == b"IHDR" else 8
+
+
 def _orientation(im: Image.Image, data: bytes, fmt: str) -> int:
     if fmt in ("JPEG", "MPO"):
         return jpeg_orientation(data)[0]
@@ -192,6 +197,9 @@ def prepare_image(data: bytes, options: ImageOptions, need_pixels: bool = False)
         orientation = _orientation(im, data, fmt)
         rotate = orientation != 1 and options.orientation == "apply"
         keep = fmt in KEEP_FORMATS and im.mode == "RGB" and not resize and frames == 1 and not rotate
+        if keep and fmt == "PNG" and _png_bit_depth(data) == 16:
+            keep = False  # PIL opens 48-bit PNGs as "RGB"; the stored file must be 8-bit
+            notes.append("16-bit RGB converted to 8-bit")
         if orientation != 1 and not rotate:
             if keep and fmt in ("JPEG", "MPO"):
                 data = reset_jpeg_orientation(data)
@@ -206,6 +214,9 @@ def prepare_image(data: bytes, options: ImageOptions, need_pixels: bool = False)
                         # Every coefficient of every component is still entropy-decoded (so
                         # truncation and corrupt data are caught); only the output is small.
                         im.draft("L", (max(1, w // 8), max(1, h // 8)))
+                    elif fmt == "PNG":
+                        # load() skips chunk CRCs and the end chunk; libpng (DALI) refuses both
+                        Image.open(io.BytesIO(data)).verify()
                     im.load()
                 return PreparedImage(KEEP_FORMATS[fmt], data, w, h, fmt, (w, h), (1.0, 1.0), notes)
             if frames > 1:

@@ -13,16 +13,16 @@ Returns the list of problems; the command exits non-zero when it is not empty.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import random
 import tarfile
 from pathlib import Path
 
 from .dali_index import index_tar, parse_index
-from .errors import ShardError
+from .errors import Reject, ShardError
 from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, IMAGE_EXTS, INDEX_EXT, LABEL_EXT, META_EXT, TEXT_EXT,
                      VIDEO_EXTS, decode_boxes, decode_int64, sample_key)
+from .images import ImageOptions, prepare_image
 from .manifest import shard_sets
 from .progress import Progress
 from .shard_writer import TMP_SUFFIX
@@ -37,16 +37,15 @@ def _sha256(path: Path) -> str:
 
 
 def _check_sample(where: str, comps: dict[str, bytes], n_classes: int | None) -> list[str]:
-    from PIL import Image
-
     problems = []
     for ext, data in comps.items():
         try:
             if ext in IMAGE_EXTS:
-                with Image.open(io.BytesIO(data)) as im:
-                    im.load()
-                    if im.mode != "RGB":
-                        problems.append(f"{where}.{ext}: mode {im.mode}, not 8-bit RGB")
+                # the checks of sharding itself: a stored image passes them unchanged
+                image = prepare_image(data, ImageOptions(max_pixels=2**62))
+                if image.notes or image.data != data or image.ext != ext:
+                    problems.append(f"{where}.{ext}: not a normalised 8-bit RGB {ext} "
+                                    f"({'; '.join(image.notes) or 'stored as ' + image.ext})")
             elif ext in VIDEO_EXTS:
                 from .videos import probe
                 probe(data, decode=True)
@@ -59,6 +58,8 @@ def _check_sample(where: str, comps: dict[str, bytes], n_classes: int | None) ->
                 int(data.decode())
             elif ext in (INDEX_EXT, LABEL_EXT):
                 decode_int64(data)
+        except Reject as e:
+            problems.append(f"{where}.{ext}: does not decode ({e.reason})")
         except Exception as e:  # any failure to decode is a problem to report, not to raise
             problems.append(f"{where}.{ext}: does not decode ({type(e).__name__}: {e})")
     if LABEL_EXT in comps and CLS_EXT in comps:

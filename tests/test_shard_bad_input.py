@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -529,3 +531,60 @@ def test_jsonl_list_bad_lines_are_rejected_as_lines(tmp_path, clvr):
     # integer labels sort numerically: 2 < 10
     assert manifest(out)["classes"]["names"] == ["2", "10"]
     assert [int(got[f"imgs/{i}.png"]["cls"]) for i in range(3)] == [0, 1, 0]
+
+
+# ----------------------------------------------------------------------------- PNG defects libpng refuses
+
+def _png_with_bad_crc() -> bytes:
+    data = bytearray(encode(photo(5), "PNG"))
+    idat = data.index(b"IDAT")
+    length = int.from_bytes(data[idat - 4:idat], "big")
+    data[idat + 4 + length] ^= 0xFF  # first byte of the IDAT chunk's CRC
+    return bytes(data)
+
+
+def _png_without_iend() -> bytes:
+    return encode(photo(6), "PNG")[:-12]
+
+
+@pytest.mark.parametrize("make,word", [(_png_with_bad_crc, "checksum"), (_png_without_iend, "")],
+                         ids=["bad-crc", "no-iend"])
+def test_png_defects_are_rejected_and_verify_flags_them(tmp_path, clvr, make, word):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bad.png").write_bytes(make())
+    photo(1).save(src / "good.png")
+    out = tmp_path / "out"
+    assert shard_images(clvr, src, out).code == 0
+    (line,) = read_rejects(out)
+    assert line["src"] == "bad.png" and line["action"] == "rejected" and word in line["reason"].lower()
+    # a shard written without verification: clvr shard verify catches what libpng would refuse
+    out2 = tmp_path / "out2"
+    r = clvr("shard", "images", src, out2, "--no-verify", "--workers", "1", "--no-progress")
+    assert r.code == 0
+    v = clvr("shard", "verify", out2, "--no-progress")
+    assert v.code == 1 and "does not decode" in v.err
+
+
+def test_sixteen_bit_rgb_png_is_stored_as_8_bit(tmp_path, clvr):
+    """A 48-bit PNG, written by hand (PIL cannot save one)."""
+    arr = (np.arange(40 * 48 * 3, dtype=np.uint32).reshape(40, 48, 3) * 37 % 65536).astype(">u2")
+    raw = arr.tobytes()
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = b"".join(b"\0" + raw[y * 48 * 6:(y + 1) * 48 * 6] for y in range(40))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 48, 40, 16, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "deep.png").write_bytes(png)
+    out = tmp_path / "out"
+    assert shard_images(clvr, src, out).code == 0
+    (s,) = read_samples(sorted(out.glob("*.tar")))
+    assert s["png"][24] == 8, "bit depth in IHDR"
+    got = np.asarray(Image.open(io.BytesIO(s["png"])).convert("RGB")).astype(int)
+    assert np.abs(got - (arr.astype(int) >> 8)).max() <= 1
+    (line,) = read_rejects(out)
+    assert line["action"] == "converted" and "16-bit" in line["reason"]
