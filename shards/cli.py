@@ -18,6 +18,9 @@ EXIT_USAGE = 2       # bad arguments, unusable input or OUT
 EXIT_INTERRUPTED = 130
 
 
+MIN_SHARD_BYTES = 3 * 512  # one member header, its data block, and the end-of-archive blocks
+
+
 def _bytes(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", text.lower())
     if not m:
@@ -25,7 +28,10 @@ def _bytes(text: str) -> int:
     unit = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2)]
     if m.group(3).startswith("i"):
         unit = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2)]
-    return int(float(m.group(1)) * unit)
+    size = int(float(m.group(1)) * unit)
+    if size < MIN_SHARD_BYTES:
+        raise argparse.ArgumentTypeError(f"{text} is under the smallest possible shard ({MIN_SHARD_BYTES} bytes)")
+    return size
 
 
 def _fraction(text: str) -> float:
@@ -47,7 +53,8 @@ def _common(p: argparse.ArgumentParser, split_default: float = 0.0) -> None:
     g.add_argument("--shard-size", type=_positive, default=1000, metavar="N",
                    help="samples per shard (default 1000)")
     g.add_argument("--max-shard-bytes", type=_bytes, default=None, metavar="SIZE",
-                   help="also start a new shard before one passes SIZE (e.g. 500M, 1GiB)")
+                   help="also start a new shard before one passes SIZE (e.g. 500M, 1GiB); a sample "
+                        "larger than SIZE gets a shard of its own")
     g.add_argument("--shuffle", action="store_true", help="shuffle the samples (seeded) before writing")
     g.add_argument("--seed", type=int, default=0, help="seed of --shuffle and the split (default 0)")
     g.add_argument("--val-fraction", type=_fraction, default=split_default, metavar="F",

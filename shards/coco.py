@@ -33,41 +33,66 @@ def load_coco(instances: Path):
         raise ShardError(f"{instances}: no such file") from None
     except ValueError as e:
         raise ShardError(f"{instances}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ShardError(f"{instances}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ShardError(f"{instances}: no '{key}' list; is this a COCO instances file?")
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    contiguous = {c["id"]: i for i, c in enumerate(cats)}
-    categories = [{"id": i, "coco_id": c["id"], "name": c.get("name", str(c["id"]))}
-                  for i, c in enumerate(cats)]
-    images = {}
-    notes = []
-    for im in data["images"]:
-        if "id" not in im or "file_name" not in im:
-            notes.append((str(im)[:80], "sample", "rejected", "image entry without 'id' or 'file_name'"))
-            continue
-        images[im["id"]] = im
+    categories, contiguous = _categories(instances, data["categories"])
+    images, notes = {}, []
+    for k, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or not _is_id(im.get("id")) or not isinstance(im.get("file_name"), str):
+            notes.append((f"images[{k}]", "sample", "rejected",
+                          "image entry needs an 'id' (integer or string) and a 'file_name' (string)"))
+        elif im["id"] in images:
+            notes.append((im["file_name"], "sample", "rejected",
+                          f"image id {im['id']!r} is listed twice (first for {images[im['id']]['file_name']})"))
+        else:
+            images[im["id"]] = im
     anns = defaultdict(list)
-    for a in data["annotations"]:
-        if a.get("image_id") not in images:
-            notes.append((f"annotation {a.get('id')}", "box", "rejected",
-                          f"refers to unknown image_id {a.get('image_id')!r}"))
+    for k, a in enumerate(data["annotations"]):
+        where = f"annotation {a.get('id')!r}" if isinstance(a, dict) else f"annotations[{k}]"
+        if not isinstance(a, dict) or not _is_id(a.get("image_id")) or a["image_id"] not in images:
+            image_id = a.get("image_id") if isinstance(a, dict) else None
+            notes.append((where, "box", "rejected", f"refers to unknown image_id {image_id!r}"))
             continue
-        if a.get("category_id") not in contiguous:
-            notes.append((images[a["image_id"]]["file_name"], "box", "rejected",
-                          f"annotation {a.get('id')}: unknown category_id {a.get('category_id')!r}"))
+        file_name = images[a["image_id"]]["file_name"]
+        if not _is_id(a.get("category_id")) or a["category_id"] not in contiguous:
+            notes.append((file_name, "box", "rejected", f"{where}: unknown category_id {a.get('category_id')!r}"))
+            continue
+        crowd = a.get("iscrowd", 0)
+        if crowd not in (0, 1):  # True and False compare equal to 1 and 0
+            notes.append((file_name, "box", "rejected", f"{where}: iscrowd must be 0 or 1, not {crowd!r}"))
             continue
         anns[a["image_id"]].append({"id": a.get("id"), "bbox": a.get("bbox"),
                                     "category": contiguous[a["category_id"]],
-                                    "coco_category_id": a["category_id"],
-                                    "iscrowd": int(a.get("iscrowd", 0))})
-    items = []
-    for image_id in sorted(images, key=lambda k: (str(type(k)), k)):
-        im = images[image_id]
-        items.append(Item(im["file_name"], extra={
-            "image_id": image_id,
-            "anns": sorted(anns[image_id], key=lambda a: (a["id"] is None, a["id"] or 0))}))
+                                    "coco_category_id": a["category_id"], "iscrowd": int(crowd)})
+    items = [Item(images[i]["file_name"], extra={"image_id": i, "anns": anns[i]})
+             for i in sorted(images, key=_id_order)]
     return items, categories, notes
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _id_order(value):
+    """Ids may be integers or strings (even mixed): integers first, each kind in its own order."""
+    return (isinstance(value, str), value if isinstance(value, int) else 0, str(value))
+
+
+def _categories(instances: Path, entries: list):
+    """COCO categories -> (the manifest's list with contiguous ids, coco id -> contiguous id)."""
+    seen = {}
+    for k, c in enumerate(entries):
+        if not isinstance(c, dict) or not _is_id(c.get("id")):
+            raise ShardError(f"{instances}: categories[{k}] needs an 'id' (integer or string)")
+        if c["id"] in seen:
+            raise ShardError(f"{instances}: category id {c['id']!r} is listed twice")
+        seen[c["id"]] = c
+    ordered = sorted(seen, key=_id_order)
+    categories = [{"id": i, "coco_id": cid, "name": str(seen[cid].get("name", cid))} for i, cid in enumerate(ordered)]
+    return categories, {cid: i for i, cid in enumerate(ordered)}
 
 
 class PrepareCocoImage:

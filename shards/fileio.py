@@ -24,6 +24,21 @@ def read_bytes(path: str) -> bytes:
         os.close(fd)
 
 
+def text_lines(path) -> list[tuple[int, str | None]]:
+    """(line number, text) for each line of a UTF-8 text file; text is None for a line that is not
+    valid UTF-8, so one bad line is rejected instead of the whole file."""
+    raw = read_bytes(str(path))
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    out = []
+    for n, line in enumerate(raw.splitlines(), start=1):
+        try:
+            out.append((n, line.decode("utf-8")))
+        except UnicodeDecodeError:
+            out.append((n, None))
+    return out
+
+
 def read_input(path: str, what: str = "file") -> bytes:
     """Read an input file; a missing or unreadable one becomes a :class:`Reject` naming the cause."""
     try:

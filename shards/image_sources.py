@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .boxes import check_box
 from .errors import ShardError
-from .fileio import read_input
+from .fileio import read_input, text_lines
 from .format import BOXCLS_EXT, BOXES_EXT, PROPOSAL_CATEGORY, encode_boxes
 from .images import prepare_image
 from .job import Item, Prepared, SourceFile
@@ -57,10 +57,19 @@ def _not_a(what: str, rel: str) -> tuple[str, str, str, str]:
     return (rel, "sample", "rejected", f"not a{'n' if what[0] in 'aeiou' else ''} {what} file (extension {ext})")
 
 
+def _as_int(name: str) -> int | None:
+    try:
+        return int(name)
+    except ValueError:
+        return None
+
+
 def class_order(names) -> list[str]:
+    """Class names in id order: numerically when every name is an integer ("2" before "10"; "01"
+    and "1" stay distinct, in a fixed order), otherwise alphabetically."""
     names = set(names)
-    if names and all(n.lstrip("-").isdigit() for n in names):
-        return sorted(names, key=int)
+    if names and all(_as_int(n) is not None for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
     return sorted(names)
 
 
@@ -104,9 +113,19 @@ def list_file(path: Path):
     """Items from a CSV or JSONL list. Returns (items, classes, root folder of the paths, notes)."""
     path = Path(path)
     rows, notes = [], []
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        lines = text_lines(path)
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no such file") from None
+    good = []
+    for lineno, line in lines:
+        if line is None:
+            notes.append((f"{path.name}:{lineno}", "line", "rejected", "not UTF-8 text"))
+        else:
+            good.append((lineno, line))
     if path.suffix.lower() == ".csv":
-        for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        for lineno, line in good:
+            row = next(csv.reader([line]), [])
             if not row or not "".join(row).strip():
                 continue
             if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
@@ -117,7 +136,7 @@ def list_file(path: Path):
                 continue
             rows.append((row[0].strip(), row[1].strip() if len(row) > 1 else None))
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in good:
             if not line.strip():
                 continue
             try:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from .errors import Reject, ShardError
-from .fileio import read_input
+from .fileio import read_input, text_lines
 from .format import TEXT_EXT
 from .image_sources import class_order
 from .images import prepare_image
@@ -25,14 +25,17 @@ def load_pairs(path: Path):
     """Return (items, classes, notes)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        lines = text_lines(path)
     except FileNotFoundError:
         raise ShardError(f"{path}: no such file") from None
     rows, notes = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in lines:
+        where = f"{path.name}:{lineno}"
+        if line is None:
+            notes.append((where, "line", "rejected", "not UTF-8 text"))
+            continue
         if not line.strip():
             continue
-        where = f"{path.name}:{lineno}"
         try:
             obj = json.loads(line)
         except ValueError as e:
