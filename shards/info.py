@@ -5,7 +5,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from .manifest import read_manifest, shard_sets
+from .errors import ShardError
+from .manifest import read_manifest, shard_sets, structure_problems
 
 
 def _mb(n: int) -> str:
@@ -15,9 +16,12 @@ def _mb(n: int) -> str:
 def describe(out) -> str:
     out = Path(out)
     root = read_manifest(out)
-    lines = [f"{out}: clvr shard set (format v{root['format_version']}, kind '{root['kind']}', "
+    lines = [f"{out}: clvr shard set (format v{root['format_version']}, kind '{root.get('kind')}', "
              f"written by clvr {root.get('clvr_version', '?')})"]
     for name, (directory, m) in shard_sets(out).items():
+        problems = structure_problems(m, f"{directory}/manifest.json")
+        if problems:
+            raise ShardError("; ".join(problems) + " (run 'clvr shard verify')")
         t = m["totals"]
         avg = t["bytes"] / t["samples"] if t["samples"] else 0
         lines.append(f"  [{name or 'all'}] {t['samples']} samples in {t['shards']} shard(s), {_mb(t['bytes'])} "
@@ -27,7 +31,7 @@ def describe(out) -> str:
             counts = ", ".join(f"{names[int(k)] if names and int(k) >= 0 else k}: {v}"
                                for k, v in m["label_counts"].items())
             lines.append(f"      labels: {counts}")
-        lines.append("      components: " + ", ".join(f"{k} ({v})" for k, v in m["components"].items()))
+        lines.append("      components: " + ", ".join(f"{k} ({v})" for k, v in (m.get("components") or {}).items()))
         if m.get("stats"):
             lines.append("      " + ", ".join(f"{k} ({v})" for k, v in m["stats"].items()))
     if root.get("classes"):

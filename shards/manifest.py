@@ -36,9 +36,12 @@ def read_manifest(path) -> dict:
         manifest = json.loads(file.read_text())
     except ValueError as e:
         raise ShardError(f"{file}: not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT_NAME:
-        raise ShardError(f"{file}: not a clvr manifest (format={manifest.get('format')!r})")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ShardError(f"{file}: not a clvr manifest (format={got!r})")
+    if not isinstance(manifest.get("format_version"), int):
+        raise ShardError(f"{file}: format_version must be an integer, got {manifest.get('format_version')!r}")
+    if manifest["format_version"] > FORMAT_VERSION:
         raise ShardError(f"{file}: format version {manifest['format_version']} is newer than this "
                          f"clvr understands ({FORMAT_VERSION}); upgrade clvr")
     return manifest
@@ -50,9 +53,53 @@ def shard_sets(path) -> dict[str | None, tuple[Path, dict]]:
     root = path if path.is_dir() else path.parent
     manifest = read_manifest(path)
     if "splits" in manifest:
-        return {name: (root / info["path"], read_manifest(root / info["path"]))
-                for name, info in manifest["splits"].items()}
+        sets = {}
+        for name, info in (manifest["splits"] or {}).items():
+            sub = info.get("path") if isinstance(info, dict) else None
+            if not _plain_name(sub):
+                raise ShardError(f"{root / MANIFEST_NAME}: split {name!r} has path {sub!r}; it must be a "
+                                 "sub-folder of the shard set")
+            sets[name] = (root / sub, read_manifest(root / sub))
+        return sets
     return {manifest.get("split"): (root, manifest)}
+
+
+def _plain_name(name) -> bool:
+    """A file or folder name inside the shard set: no separator, not '.' or '..'."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def structure_problems(manifest: dict, where: str) -> list[str]:
+    """What is malformed in a shard set's manifest (types, names, totals), as messages."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return [f"{where}: 'shards' must be a list"]
+    problems = []
+    ints = ("samples", "bytes", "first_index")
+    for k, s in enumerate(shards):
+        if not isinstance(s, dict):
+            problems.append(f"{where}: shards[{k}] is not an object")
+            continue
+        for key in ("name", "index"):
+            if not _plain_name(s.get(key)):
+                problems.append(f"{where}: shards[{k}].{key} = {s.get(key)!r} is not a file name in the set")
+        for key in ints:
+            if not isinstance(s.get(key), int) or isinstance(s.get(key), bool) or s[key] < 0:
+                problems.append(f"{where}: shards[{k}].{key} = {s.get(key)!r} is not a count")
+        sha = s.get("sha256")
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            problems.append(f"{where}: shards[{k}].sha256 = {sha!r} is not a sha256 digest")
+    if problems:
+        return problems
+    totals = manifest.get("totals")
+    expected = {"samples": sum(s["samples"] for s in shards), "shards": len(shards),
+                "bytes": sum(s["bytes"] for s in shards)}
+    if not isinstance(totals, dict):
+        return [f"{where}: 'totals' must be an object"]
+    for key, value in expected.items():
+        if totals.get(key) != value:
+            problems.append(f"{where}: totals.{key} = {totals.get(key)!r} but the shards add up to {value}")
+    return problems
 
 
 def shard_paths(path) -> tuple[list[Path], list[Path]]:

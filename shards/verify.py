@@ -23,7 +23,7 @@ from .errors import Reject, ShardError
 from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, IMAGE_EXTS, INDEX_EXT, LABEL_EXT, META_EXT, TEXT_EXT,
                      VIDEO_EXTS, decode_boxes, decode_int64, sample_key)
 from .images import ImageOptions, prepare_image
-from .manifest import shard_sets
+from .manifest import MANIFEST_NAME, read_manifest, shard_sets, structure_problems
 from .progress import Progress
 from .shard_writer import TMP_SUFFIX
 
@@ -83,8 +83,10 @@ def _check_sample(where: str, comps: dict[str, bytes], n_classes: int | None) ->
 
 def verify_set(directory: Path, manifest: dict, sample: int | None = None, seed: int = 0,
                progress: bool = True) -> list[str]:
-    problems: list[str] = []
-    shards = manifest.get("shards", [])
+    problems = structure_problems(manifest, f"{directory}/{MANIFEST_NAME}")
+    if problems:
+        return problems  # the checks below rely on the structure
+    shards = manifest["shards"]
     listed = {s["name"] for s in shards} | {s["index"] for s in shards}
     for p in sorted(directory.iterdir()):
         if p.name.endswith(TMP_SUFFIX):
@@ -92,9 +94,6 @@ def verify_set(directory: Path, manifest: dict, sample: int | None = None, seed:
         elif p.suffix in (".tar", ".idx") and p.name not in listed:
             problems.append(f"{p}: not listed in the manifest")
     total = sum(s["samples"] for s in shards)
-    if manifest.get("totals", {}).get("samples") != total:
-        problems.append(f"{directory}/manifest.json: totals.samples = {manifest.get('totals', {}).get('samples')}"
-                        f" but the shards list {total}")
     chosen = None
     if sample is not None and sample < total:
         chosen = set(random.Random(seed).sample(range(total), sample))
@@ -168,7 +167,37 @@ def verify(out, sample: int | None = None, seed: int = 0, progress: bool = True)
         sets = shard_sets(out)
     except ShardError as e:
         return [str(e)]
-    problems = []
+    problems = _root_problems(Path(out), sets)
     for _, (directory, manifest) in sets.items():
         problems += verify_set(directory, manifest, sample=sample, seed=seed, progress=progress)
+    return problems
+
+
+def _root_problems(out: Path, sets) -> list[str]:
+    """A root manifest with splits must agree with each split's own manifest."""
+    root = read_manifest(out)
+    if "splits" not in root:
+        return []
+    where = f"{out if out.is_dir() else out.parent}/{MANIFEST_NAME}"
+    problems = []
+    totals = {"samples": 0, "shards": 0, "bytes": 0}
+    for name, (directory, manifest) in sets.items():
+        recorded = root["splits"][name]
+        if manifest.get("split") != name:
+            problems.append(f"{where}: split {name!r} points at {directory}, which holds split "
+                            f"{manifest.get('split')!r}")
+        for key in totals:
+            value = (manifest.get("totals") or {}).get(key)
+            if recorded.get(key) != value:
+                problems.append(f"{where}: splits.{name}.{key} = {recorded.get(key)!r} but {directory}'s "
+                                f"manifest says {value!r}")
+            if isinstance(value, int):
+                totals[key] += value
+    for key, value in totals.items():
+        if (root.get("totals") or {}).get(key) != value:
+            problems.append(f"{where}: totals.{key} = {(root.get('totals') or {}).get(key)!r} but the splits "
+                            f"add up to {value}")
+    dirs = [d.resolve() for d, _ in sets.values()]
+    if len(set(dirs)) != len(dirs):
+        problems.append(f"{where}: two splits point at the same folder")
     return problems

@@ -261,3 +261,55 @@ def test_ctrl_c_in_a_terminal_stops_workers_quietly(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert not (out / "manifest.json").exists() and not (out / LOCK_NAME).exists()
     assert not list(out.rglob("*.tmp"))
+
+
+def _split_out(tmp_path, clvr):
+    out = tmp_path / "out"
+    assert clvr("shard", "demo", "digits", out, "--limit", "50", "--shard-size", "15", "--no-progress",
+                "--workers", "1").code == 0
+    return out
+
+
+def _edit(path, change):
+    m = json.loads(path.read_text())
+    change(m)
+    path.write_text(json.dumps(m))
+
+
+def test_verify_checks_the_root_manifest_against_the_splits(tmp_path, clvr):
+    out = _split_out(tmp_path, clvr)
+    train = out / "train" / "manifest.json"
+    # drop the last train shard everywhere but in the root manifest
+    m = json.loads(train.read_text())
+    last = m["shards"].pop()
+    (out / "train" / last["name"]).unlink()
+    (out / "train" / last["index"]).unlink()
+    m["totals"] = {"samples": sum(s["samples"] for s in m["shards"]), "shards": len(m["shards"]),
+                   "bytes": sum(s["bytes"] for s in m["shards"])}
+    train.write_text(json.dumps(m))
+    r = clvr("shard", "verify", out, "--no-progress")
+    assert r.code == 1 and "splits.train.samples = 40" in r.err
+
+
+@pytest.mark.parametrize("path,word", [("train", "holds split 'train'"), ("../elsewhere", "must be a sub-folder")])
+def test_verify_refuses_split_paths_that_point_elsewhere(tmp_path, clvr, path, word):
+    out = _split_out(tmp_path, clvr)
+    _edit(out / "manifest.json", lambda m: m["splits"]["val"].update(path=path))
+    r = clvr("shard", "verify", out, "--no-progress")
+    assert r.code == 1 and word in r.err
+
+
+@pytest.mark.parametrize("change,word", [
+    (lambda m: m["shards"][0].pop("sha256"), "is not a sha256 digest"),
+    (lambda m: m["shards"][0].update(samples="15"), "is not a count"),
+    (lambda m: m["shards"][0].update(name="../../etc/passwd"), "is not a file name in the set"),
+    (lambda m: m["totals"].update(bytes=1), "totals.bytes = 1"),
+    (lambda m: m.update(format_version="1"), "format_version must be an integer"),
+])
+def test_verify_and_info_report_malformed_manifests(tmp_path, clvr, change, word):
+    out = _split_out(tmp_path, clvr)
+    _edit(out / "train" / "manifest.json", change)
+    r = clvr("shard", "verify", out, "--no-progress")
+    assert r.code == 1 and word in r.err and "Traceback" not in r.err
+    r = clvr("shard", "info", out)
+    assert r.code == 2 and word in r.err
