@@ -29,14 +29,20 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
                   ".pnm", ".jfif"}
 
 
-def _walk(root: Path, suffixes, rel_to: Path) -> tuple[list[str], list[str]]:
-    """(files with one of ``suffixes``, other files) as sorted POSIX paths relative to ``rel_to``;
-    hidden files and folders are skipped. Symbolic links are followed, each folder once, so a
-    link that points back up the tree cannot make the walk endless."""
-    found, other = [], []
+def _walk(root: Path, suffixes, rel_to: Path) -> tuple[list[str], list[str], list[tuple]]:
+    """(files with one of ``suffixes``, other files, notes on unreadable folders), the files as
+    sorted POSIX paths relative to ``rel_to``; hidden files and folders are skipped. Symbolic
+    links are followed, each folder once, so a link back up the tree cannot make the walk endless."""
+    found, other, unreadable = [], [], []
     base = len(str(rel_to).rstrip(os.sep)) + 1
     seen = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def on_error(e: OSError) -> None:
+        rel = os.path.relpath(e.filename, rel_to) if e.filename else str(root)
+        unreadable.append((rel.replace(os.sep, "/"), "sample", "rejected",
+                           f"folder cannot be read ({e.strerror}); its files are not sharded"))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []
@@ -49,7 +55,7 @@ def _walk(root: Path, suffixes, rel_to: Path) -> tuple[list[str], list[str]]:
             if f.startswith("."):
                 continue
             (found if os.path.splitext(f)[1].lower() in suffixes else other).append(prefix + f)
-    return found, other
+    return found, other, unreadable
 
 
 def _not_a(what: str, rel: str) -> tuple[str, str, str, str]:
@@ -85,19 +91,20 @@ def list_folder(root: Path, suffixes=IMAGE_SUFFIXES, what="image"):
         ids = {c: i for i, c in enumerate(classes)}
         items = []
         for c in classes:
-            found, other = _walk(root / c, suffixes, root)
+            found, other, unreadable = _walk(root / c, suffixes, root)
             items += [Item(rel, ids[c]) for rel in found]
-            notes += [_not_a(what, rel) for rel in other]
+            notes += [_not_a(what, rel) for rel in other] + unreadable
         loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
         notes += [(p.name, "sample", "rejected", "file outside any class folder") for p in loose]
         items.sort(key=lambda it: (it.label, it.src))
         return items, classes, notes
-    found, other = _walk(root, suffixes, root)
-    notes += [_not_a(what, rel) for rel in other]
+    found, other, unreadable = _walk(root, suffixes, root)
+    notes += [_not_a(what, rel) for rel in other] + unreadable
     return [Item(rel) for rel in found], None, notes
 
 
 def _labelled(rows: list[tuple[str, str | None]], where: str):
+    """Items from (path, label) rows: every row labelled, or none."""
     labelled = [r for r in rows if r[1] not in (None, "")]
     if labelled and len(labelled) != len(rows):
         raise ShardError(f"{where}: {len(rows) - len(labelled)} rows have no label while others do; "
@@ -134,7 +141,7 @@ def list_file(path: Path):
                 notes.append((f"{path.name}:{lineno}", "line", "rejected",
                               f"expected 'path[,label]', got {len(row)} columns"))
                 continue
-            rows.append((row[0].strip(), row[1].strip() if len(row) > 1 else None))
+            rows.append((lineno, row[0].strip(), row[1].strip() if len(row) > 1 else None))
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         for lineno, line in good:
             if not line.strip():
@@ -148,12 +155,21 @@ def list_file(path: Path):
                 notes.append((f"{path.name}:{lineno}", "line", "rejected", f"invalid line: {e}"))
                 continue
             lab = obj.get("label")
-            rows.append((p, None if lab is None else str(lab)))
+            rows.append((lineno, p, None if lab is None else str(lab)))
     else:
         raise ShardError(f"{path}: a file list must be .csv or .jsonl")
-    if not rows:
+    first: dict[str, int] = {}
+    unique = []
+    for lineno, p, lab in rows:  # one image listed twice could land in both train and val
+        key = os.path.normpath(p)
+        if key in first:
+            notes.append((f"{path.name}:{lineno}", "line", "rejected", f"lists {p} again (first on line {first[key]})"))
+        else:
+            first[key] = lineno
+            unique.append((p, lab))
+    if not unique:
         raise ShardError(f"{path}: lists no images")
-    items, classes = _labelled(rows, str(path))
+    items, classes = _labelled(unique, str(path))
     return items, classes, path.parent, notes
 
 

@@ -1,11 +1,14 @@
-"""One writer per output directory: ``OUT/.clvr-shard.lock`` holds the writer's host and pid.
+"""One writer per output directory: an exclusive ``flock`` on ``OUT/.clvr-shard.lock``.
 
-A lock whose process is gone (killed, crashed) is stale and is taken over; a lock held by a
-live process, or by another host, is refused with a message saying how to proceed.
+The kernel drops the lock when its process ends, however it ends (crash, SIGKILL), so a lock
+left by a dead writer never blocks the next run, and there is no window in which two writers
+can both decide that a stale lock is theirs. The file holds the writer's host and pid, for the
+message that refuses a second writer.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -16,47 +19,49 @@ from .errors import ShardError
 LOCK_NAME = ".clvr-shard.lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class OutputLock:
     def __init__(self, out: Path):
         self.path = Path(out) / LOCK_NAME
-        self.stale_taken_over = False
+        self.fd: int | None = None
 
     def acquire(self) -> "OutputLock":
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text() or "{}")
-                except (OSError, ValueError):
-                    holder = {}
-                host, pid = holder.get("host"), holder.get("pid")
-                if host == me["host"] and isinstance(pid, int) and not _alive(pid):
-                    self.path.unlink(missing_ok=True)
-                    self.stale_taken_over = True
-                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
                 raise ShardError(
-                    f"{self.path.parent}: another 'clvr shard' is writing here "
-                    f"(pid {pid} on host {host}); wait for it to finish. If it is gone, delete "
-                    f"{self.path} and re-run.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return self
-        raise ShardError(f"{self.path}: could not take the output lock")
+                    f"{self.path.parent}: another 'clvr shard' is writing here (pid {holder.get('pid')} on "
+                    f"host {holder.get('host')}); wait for it to finish, or choose another OUT") from None
+            # The previous holder may have removed the file between our open and our lock: then we
+            # hold a lock on a file nobody else can see, and must start again.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+        self.fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> dict:
+        try:
+            data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # still locked: a newcomer sees no file, or ours
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self):
         return self.acquire()

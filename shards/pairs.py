@@ -51,18 +51,26 @@ def load_pairs(path: Path):
         caps = obj.get("captions", obj.get("caption", obj.get("text")))
         if isinstance(caps, str) or caps is None:
             caps = [caps or ""]
-        if not isinstance(caps, list):
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             notes.append((where, "line", "rejected", "'captions' must be a string or a list of strings"))
             continue
-        caps = [str(c) for c in caps if c is not None]
-        rows.append((image, caps, obj.get("label"), lineno))
+        label = obj.get("label")
+        if isinstance(label, float) and label.is_integer():
+            label = int(label)  # 3.0 and 3 are one class
+        if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
+            notes.append((where, "line", "rejected", f"'label' must be a string or an integer, not {label!r}"))
+            continue
+        rows.append((image, caps, None if label is None else str(label), lineno))
     if not rows:
         raise ShardError(f"{path}: lists no pairs")
     labelled = [r for r in rows if r[2] is not None]
-    classes = class_order(str(r[2]) for r in labelled) if labelled else None
+    if labelled and len(labelled) != len(rows):
+        raise ShardError(f"{path}: {len(rows) - len(labelled)} pairs have no label while others do; "
+                         "label every pair or none")
+    classes = class_order(r[2] for r in labelled) if labelled else None
     ids = {c: i for i, c in enumerate(classes or [])}
-    items = [Item(image, ids.get(str(lab), -1) if lab is not None else -1,
-                  extra={"captions": caps, "line": lineno}) for image, caps, lab, lineno in rows]
+    items = [Item(image, ids[lab] if lab is not None else -1, extra={"captions": caps, "line": lineno})
+             for image, caps, lab, lineno in rows]
     return items, classes, notes
 
 

@@ -15,7 +15,8 @@ def shuffled(items: list, seed: int) -> list:
 def stratified_split(items: list, fraction: float, seed: int, label=lambda it: it.label):
     """Split ``items`` into (train, val) with ``round(fraction * n)`` items in val, spread over
     the classes in proportion to their size (largest-remainder rounding), so each class keeps
-    its share in both parts.
+    its share in both parts. A class never gives its last item to val, so every class is seen
+    in training.
 
     Which items go to val is drawn with ``seed``; both parts keep the input order.
     Unlabelled items (label -1) form one stratum of their own.
@@ -27,9 +28,10 @@ def stratified_split(items: list, fraction: float, seed: int, label=lambda it: i
         by_class[label(it)].append(i)
     classes = sorted(by_class)
     quotas = {c: fraction * len(by_class[c]) for c in classes}
-    take = {c: int(quotas[c]) for c in classes}
+    take = {c: min(int(quotas[c]), len(by_class[c]) - 1) for c in classes}
     left = int(round(fraction * len(items))) - sum(take.values())
-    for c in sorted(classes, key=lambda c: (-(quotas[c] - take[c]), c))[:max(left, 0)]:
+    room = [c for c in classes if take[c] < len(by_class[c]) - 1]
+    for c in sorted(room, key=lambda c: (-(quotas[c] - take[c]), c))[:max(left, 0)]:
         take[c] += 1
     rng = random.Random(seed)
     val = set()

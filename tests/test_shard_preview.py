@@ -21,7 +21,7 @@ def test_preview_of_objects_draws_boxes(tmp_path, clvr):
 
 def test_preview_of_videos_and_bad_split(tmp_path, clvr):
     out = tmp_path / "video"
-    assert clvr("shard", "demo", "digits-video", out, "--limit", "10", "--no-progress", "--workers", "1").code == 0
+    assert clvr("shard", "demo", "digits-video", out, "--limit", "20", "--no-progress", "--workers", "1").code == 0
     r = clvr("shard", "preview", out, "--split", "val", "--png", tmp_path / "v.png", "--count", "2")
     assert r.code == 0, r.err
     with Image.open(tmp_path / "v.png") as im:

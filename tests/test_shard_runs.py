@@ -132,12 +132,23 @@ def test_no_resume_starts_over(tmp_path):
     assert r.returncode == 0 and "resuming" not in r.stderr and "starting over" in r.stderr
 
 
+HOLD_LOCK = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_second_writer_is_refused_while_the_first_runs(tmp_path, clvr):
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / LOCK_NAME)], stdout=subprocess.PIPE,
+                              text=True)
     try:
-        (out / LOCK_NAME).write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid}))
+        assert holder.stdout.readline().strip() == "locked"
         r = clvr("shard", "demo", "digits", out, "--limit", "20", "--no-progress", "--workers", "1")
         assert r.code == 2 and "another 'clvr shard' is writing" in r.err and str(holder.pid) in r.err
         r = clvr("shard", "demo", "digits", out, "--limit", "20", "--no-progress", "--workers", "1",
@@ -147,7 +158,15 @@ def test_second_writer_is_refused_while_the_first_runs(tmp_path, clvr):
         holder.kill()
         holder.wait()
     r = clvr("shard", "demo", "digits", out, "--limit", "20", "--no-progress", "--workers", "1")
-    assert r.code == 0, r.err  # the holder is gone: its lock is stale and taken over
+    assert r.code == 0, r.err  # the holder is gone, and so is its lock
+
+
+def test_a_lock_file_left_behind_does_not_block(tmp_path, clvr):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("")  # e.g. a writer killed between creating and filling it
+    r = clvr("shard", "demo", "digits", out, "--limit", "20", "--no-progress", "--workers", "1")
+    assert r.code == 0, r.err
 
 
 def test_complete_output_needs_overwrite(tmp_path, clvr):

@@ -43,3 +43,10 @@ def test_bad_fraction_and_shuffle():
         stratified_split(_items([3]), 1.0, 0)
     xs = list(range(100))
     assert shuffled(xs, 1) == shuffled(xs, 1) != xs and sorted(shuffled(xs, 1)) == xs
+
+
+def test_a_class_keeps_at_least_one_item_in_train():
+    items = _items([1, 1, 10])
+    train, val = stratified_split(items, 0.5, seed=0)
+    assert {it.label for it in train} == {0, 1, 2}
+    assert Counter(it.label for it in val) == Counter({2: round(0.5 * 12)})  # the total still holds
