@@ -134,20 +134,24 @@ class JobResult:
 
 
 class _SafePrepare:
-    """Runs ``prepare`` in a worker; any failure becomes a :class:`Rejected` naming its cause."""
+    """Runs ``prepare`` in a worker and returns ``(input token, result)``; any failure becomes a
+    :class:`Rejected` naming its cause. The token (see :func:`_input_token`) is taken here too,
+    off the writing process."""
 
     def __init__(self, prepare: Callable[[Item], Prepared]):
         self.prepare = prepare
+        self.path_of = getattr(prepare, "input_path", None)
 
     def __call__(self, item: Item):
+        token = _input_token(self.path_of(item) if self.path_of else None)
         try:
-            return self.prepare(item)
+            return token, self.prepare(item)
         except Reject as e:
-            return Rejected(e.reason)
+            return token, Rejected(e.reason)
         except MemoryError:
-            return Rejected("out of memory while decoding")
+            return token, Rejected("out of memory while decoding")
         except Exception as e:  # a defect of the input that no check above anticipated
-            return Rejected(f"unexpected {type(e).__name__}: {e}")
+            return token, Rejected(f"unexpected {type(e).__name__}: {e}")
 
 
 def fingerprint(cfg: JobConfig, splits: list[Split]) -> str:
@@ -367,9 +371,9 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
     progress = Progress(len(split.items), desc, enabled=cfg.progress, initial=consumed)
     safe = _SafePrepare(prepare)
     try:
-        for item, res in zip(split.items[consumed:],
-                             ordered_map(safe, split.items[consumed:], workers=cfg.workers)):
-            token = _input_token(path_of(item) if path_of else None)
+        for item, (token, res) in zip(split.items[consumed:],
+                             ordered_map(safe, split.items[consumed:], workers=cfg.workers,
+                                         chunk_size=getattr(prepare, "chunk_size", 32))):
             if isinstance(res, Rejected):
                 rejects.add(item.src, res.reason, split=split.name)
                 inputs.update(token)

@@ -29,7 +29,7 @@ def _run_chunk(fn, chunk):
     return [fn(x) for x in chunk]
 
 
-def ordered_map(fn, items, workers: int = 1, chunk_size: int = 16, chunks_ahead: int = 3):
+def ordered_map(fn, items, workers: int = 1, chunk_size: int = 32, chunks_ahead: int = 2):
     """Yield ``fn(item)`` for every item, in order. ``fn`` must be picklable for ``workers > 1``."""
     it = iter(items)
     if workers <= 1:

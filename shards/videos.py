@@ -136,6 +136,8 @@ def transcode(data: bytes, codec: str, fps: float | None = None, max_side: int |
 
 
 class PrepareVideoFile:
+    chunk_size = 2  # videos are large: few in flight keeps memory flat
+
     def __init__(self, root, options: VideoOptions):
         self.root = str(root)
         self.options = options
