@@ -19,6 +19,23 @@ from .errors import ShardError
 LOCK_NAME = ".clvr-shard.lock"
 
 
+_HELD: set[int] = set()  # lock descriptors of this process, closed in every forked child
+
+
+def _close_in_child() -> None:
+    # A child holding the descriptor would keep the lock after the writer died (the kernel
+    # drops an flock only when its last descriptor closes), so children never keep one.
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 class OutputLock:
     def __init__(self, out: Path):
         self.path = Path(out) / LOCK_NAME
@@ -26,15 +43,20 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         while True:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            except IsADirectoryError:
+                raise ShardError(f"{self.path}: is a folder, not clvr's lock file; remove it") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = self._holder(fd)
                 os.close(fd)
+                who = (f"pid {holder['pid']} on host {holder.get('host')}" if "pid" in holder
+                       else "it is just starting")
                 raise ShardError(
-                    f"{self.path.parent}: another 'clvr shard' is writing here (pid {holder.get('pid')} on "
-                    f"host {holder.get('host')}); wait for it to finish, or choose another OUT") from None
+                    f"{self.path.parent}: another 'clvr shard' is writing here ({who}); wait for it to "
+                    "finish, or choose another OUT") from None
             # The previous holder may have removed the file between our open and our lock: then we
             # hold a lock on a file nobody else can see, and must start again.
             try:
@@ -47,6 +69,7 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
         self.fd = fd
+        _HELD.add(fd)
         return self
 
     @staticmethod
@@ -60,6 +83,7 @@ class OutputLock:
     def release(self) -> None:
         if self.fd is not None:
             self.path.unlink(missing_ok=True)  # still locked: a newcomer sees no file, or ours
+            _HELD.discard(self.fd)
             os.close(self.fd)
             self.fd = None
 

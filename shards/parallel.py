@@ -5,7 +5,9 @@ flight, so memory stays flat however large the dataset is."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -20,9 +22,20 @@ class WorkerDied(RuntimeError):
         self.chunk = chunk
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool and cleans up."""
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and cleans up; and on Linux they
+    die with the parent, so a killed writer leaves no orphan blocked on the task queue."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent died before the request was made
+            os._exit(1)
 
 
 def _run_chunk(fn, chunk):
@@ -40,7 +53,7 @@ def ordered_map(fn, items, workers: int = 1, chunk_size: int = 32, chunks_ahead:
     # workers only run ``fn``, so nothing they inherit from the parent's threads is touched.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
     pending: deque = deque()
     try:
         def submit() -> bool:

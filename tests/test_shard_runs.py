@@ -332,3 +332,21 @@ def test_verify_and_info_report_malformed_manifests(tmp_path, clvr, change, word
     assert r.code == 1 and word in r.err and "Traceback" not in r.err
     r = clvr("shard", "info", out)
     assert r.code == 2 and word in r.err
+
+
+def test_killing_the_writer_kills_its_workers_and_frees_the_lock(tmp_path):
+    import psutil
+
+    out = tmp_path / "out"
+    cmd = _cmd(out)
+    cmd[cmd.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_shards(out, proc, at_least=2)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "orphaned workers would keep the output lock"
+    r = subprocess.run(_cmd(out), capture_output=True, text=True)
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
