@@ -14,10 +14,13 @@ MIN_SIDE = 1.0
 
 def check_box(bbox, width: int, height: int) -> tuple[list[float] | None, str | None]:
     """Return ``(clipped_box, note)``; ``clipped_box`` is None when the box is rejected."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        return None, f"malformed bbox {bbox!r} (want [x, y, w, h], four numbers)"
     try:
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return None, f"malformed bbox {bbox!r} (want [x, y, w, h])"
+    except OverflowError:
+        return None, f"degenerate bbox {bbox!r}: a value too large for a float"
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return None, f"degenerate bbox {bbox!r}: non-finite value"
     if w <= 0 or h <= 0:

@@ -47,5 +47,7 @@ def read_input(path: str, what: str = "file") -> bytes:
         raise Reject(f"missing {what}") from None
     except IsADirectoryError:
         raise Reject(f"{what} is a directory") from None
+    except ValueError:
+        raise Reject(f"{what} path holds a NUL byte") from None
     except OSError as e:
         raise Reject(f"cannot read {what}: {e.strerror}") from None

@@ -112,6 +112,23 @@ UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
            7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
+def _check_integrity(data: bytes, fmt: str) -> bool:
+    """Checks that PIL's decoding skips, whichever path the image then takes: libjpeg's warnings
+    about corrupt data are errors, and a PNG's chunk checksums and end chunk must be right
+    (libpng, which DALI uses, refuses both). Returns whether the JPEG check ran."""
+    if fmt in ("JPEG", "MPO") and simplejpeg is not None:
+        try:
+            colourspace = simplejpeg.decode_jpeg_header(data)[2]
+            simplejpeg.decode_jpeg(data, colorspace="CMYK" if colourspace in ("CMYK", "YCCK") else "GRAY",
+                                   min_height=1, min_width=1, min_factor=8)
+        except ValueError as e:
+            raise Reject(f"corrupt or truncated image data: {e}") from None
+        return True
+    if fmt == "PNG":
+        Image.open(io.BytesIO(data)).verify()
+    return False
+
+
 def _png_bit_depth(data: bytes) -> int:
     """Bit depth from a PNG's IHDR chunk (byte 24: signature 8, length 4, type 4, size 8)."""
     return data[24] if len(data) > 24 and data[12:16] == b"IHDR" else 8
@@ -208,15 +225,15 @@ def prepare_image(data: bytes, options: ImageOptions, need_pixels: bool = False)
                 keep = False  # re-encoding drops the tag
                 notes.append(f"EXIF orientation {orientation} dropped (pixels kept as stored)")
         try:
+            strict_jpeg = False
+            if options.verify:
+                strict_jpeg = _check_integrity(data, fmt)
             if keep and not need_pixels:
-                if options.verify:
+                if options.verify and not strict_jpeg:
                     if fmt in ("JPEG", "MPO"):
                         # Every coefficient of every component is still entropy-decoded (so
-                        # truncation and corrupt data are caught); only the output is small.
+                        # truncation is caught); only the output is small.
                         im.draft("L", (max(1, w // 8), max(1, h // 8)))
-                    elif fmt == "PNG":
-                        # load() skips chunk CRCs and the end chunk; libpng (DALI) refuses both
-                        Image.open(io.BytesIO(data)).verify()
                     im.load()
                 return PreparedImage(KEEP_FORMATS[fmt], data, w, h, fmt, (w, h), (1.0, 1.0), notes)
             if frames > 1:

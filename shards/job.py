@@ -29,7 +29,7 @@ from .fileio import read_bytes
 from .format import (CLS_EXT, FORMAT_NAME, FORMAT_VERSION, INDEX_EXT, LABEL_EXT, META_EXT, UNLABELLED,
                      encode_int64, encode_json, ordered_components, sample_key)
 from .lock import OutputLock
-from .manifest import MANIFEST_NAME, write_json_atomic
+from .manifest import MANIFEST_NAME, plain_name, write_json_atomic
 from .parallel import WorkerDied, ordered_map
 from .progress import Progress
 from .rejects import REJECTS_NAME, RejectLog
@@ -157,8 +157,9 @@ class _SafePrepare:
 def fingerprint(cfg: JobConfig, splits: list[Split]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"kind": cfg.kind, "options": cfg.options, "shard_size": cfg.shard_size,
-                         "max_shard_bytes": cfg.max_shard_bytes, "seed": cfg.seed,
-                         "version": FORMAT_VERSION}, sort_keys=True, default=str).encode())
+                         "max_shard_bytes": cfg.max_shard_bytes, "seed": cfg.seed, "classes": cfg.classes,
+                         "categories": cfg.categories, "listing_notes": cfg.listing_notes,
+                         "version": FORMAT_VERSION}, sort_keys=True, default=str).encode("utf-8", "surrogateescape"))
     for s in splits:
         h.update(f"\0split {s.name}\0".encode())
         for it in s.items:
@@ -200,7 +201,7 @@ def _input_token(path: str | None) -> bytes:
         return b"-\0"
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
         return b"missing\0"
     return f"{st.st_size}:{st.st_mtime_ns}\0".encode()
 
@@ -230,11 +231,7 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
         if not cfg.overwrite:
             raise ShardError(f"{out}: already holds a complete shard set ({MANIFEST_NAME}); "
                              "pass --overwrite to replace it, or choose another OUT")
-        try:  # the old set's split folders too, even where this run has other splits
-            old_splits = list(json.loads((out / MANIFEST_NAME).read_text()).get("splits", {}))
-        except ValueError:
-            old_splits = []
-        _clean(out, names + old_splits)
+        _clean(out, names + _old_split_names(out / MANIFEST_NAME))
 
     fp = fingerprint(cfg, splits)
     path_of = getattr(prepare, "input_path", None)
@@ -244,7 +241,7 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
     if journal is not None:
         inputs = _resumable(cfg, splits, out, journal, fp, path_of, log)
         if inputs is None:  # the interrupted run's files are clvr's own: clear them
-            _clean(out, names + [k or None for k in journal.get("splits", {})])
+            _clean(out, names + [k for k in journal["splits"] if plain_name(k)])
             journal = None
     if journal is None:
         leftovers = [p for n in names for p in _shard_files(_split_dir(out, n), n or "shard", tmp=False)]
@@ -288,6 +285,15 @@ def _run_locked(cfg, splits, prepare, out: Path, log) -> JobResult:
     _write_manifests(cfg, out, result)
     journal_path.unlink(missing_ok=True)
     return result
+
+
+def _old_split_names(manifest_path: Path) -> list[str]:
+    """The split folders an earlier complete set named, when they are folders inside OUT."""
+    try:
+        splits = json.loads(manifest_path.read_text()).get("splits")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in splits if plain_name(name)] if isinstance(splits, dict) else []
 
 
 def _load_journal(path: Path) -> dict | None:

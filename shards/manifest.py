@@ -56,7 +56,7 @@ def shard_sets(path) -> dict[str | None, tuple[Path, dict]]:
         sets = {}
         for name, info in (manifest["splits"] or {}).items():
             sub = info.get("path") if isinstance(info, dict) else None
-            if not _plain_name(sub):
+            if not plain_name(sub):
                 raise ShardError(f"{root / MANIFEST_NAME}: split {name!r} has path {sub!r}; it must be a "
                                  "sub-folder of the shard set")
             sets[name] = (root / sub, read_manifest(root / sub))
@@ -64,7 +64,7 @@ def shard_sets(path) -> dict[str | None, tuple[Path, dict]]:
     return {manifest.get("split"): (root, manifest)}
 
 
-def _plain_name(name) -> bool:
+def plain_name(name) -> bool:
     """A file or folder name inside the shard set: no separator, not '.' or '..'."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
 
@@ -81,7 +81,7 @@ def structure_problems(manifest: dict, where: str) -> list[str]:
             problems.append(f"{where}: shards[{k}] is not an object")
             continue
         for key in ("name", "index"):
-            if not _plain_name(s.get(key)):
+            if not plain_name(s.get(key)):
                 problems.append(f"{where}: shards[{k}].{key} = {s.get(key)!r} is not a file name in the set")
         for key in ints:
             if not isinstance(s.get(key), int) or isinstance(s.get(key), bool) or s[key] < 0:
