@@ -31,7 +31,9 @@ def load_coco(instances: Path):
         data = json.loads(instances.read_text())
     except FileNotFoundError:
         raise ShardError(f"{instances}: no such file") from None
-    except ValueError as e:
+    except OSError as e:
+        raise ShardError(f"{instances}: cannot be read ({e.strerror})") from None
+    except (ValueError, RecursionError) as e:
         raise ShardError(f"{instances}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ShardError(f"{instances}: expected a JSON object with 'images', 'annotations' and 'categories'")
@@ -39,7 +41,7 @@ def load_coco(instances: Path):
         if not isinstance(data.get(key), list):
             raise ShardError(f"{instances}: no '{key}' list; is this a COCO instances file?")
     categories, contiguous = _categories(instances, data["categories"])
-    images, notes = {}, []
+    images, notes, files = {}, [], {}
     for k, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not _is_id(im.get("id")) or not isinstance(im.get("file_name"), str):
             notes.append((f"images[{k}]", "sample", "rejected",
@@ -47,8 +49,12 @@ def load_coco(instances: Path):
         elif im["id"] in images:
             notes.append((im["file_name"], "sample", "rejected",
                           f"image id {im['id']!r} is listed twice (first for {images[im['id']]['file_name']})"))
+        elif os.path.normpath(im["file_name"]) in files:  # it could land in both train and val
+            notes.append((im["file_name"], "sample", "rejected",
+                          f"file listed again as image id {im['id']!r} (first as {files[os.path.normpath(im['file_name'])]!r})"))
         else:
             images[im["id"]] = im
+            files[os.path.normpath(im["file_name"])] = im["id"]
     anns = defaultdict(list)
     for k, a in enumerate(data["annotations"]):
         where = f"annotation {a.get('id')!r}" if isinstance(a, dict) else f"annotations[{k}]"
@@ -69,6 +75,8 @@ def load_coco(instances: Path):
                                     "coco_category_id": a["category_id"], "iscrowd": int(crowd)})
     items = [Item(images[i]["file_name"], extra={"image_id": i, "anns": anns[i]})
              for i in sorted(images, key=_id_order)]
+    if not items:
+        raise ShardError(f"{instances}: lists no usable images")
     return items, categories, notes
 
 

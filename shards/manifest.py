@@ -34,12 +34,14 @@ def read_manifest(path) -> dict:
                          "(an interrupted 'clvr shard' run leaves none: re-run it to finish)")
     try:
         manifest = json.loads(file.read_text())
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ShardError(f"{file}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ShardError(f"{file}: cannot be read ({e.strerror})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ShardError(f"{file}: not a clvr manifest (format={got!r})")
-    if not isinstance(manifest.get("format_version"), int):
+    if not isinstance(manifest.get("format_version"), int) or isinstance(manifest["format_version"], bool):
         raise ShardError(f"{file}: format_version must be an integer, got {manifest.get('format_version')!r}")
     if manifest["format_version"] > FORMAT_VERSION:
         raise ShardError(f"{file}: format version {manifest['format_version']} is newer than this "
@@ -53,8 +55,10 @@ def shard_sets(path) -> dict[str | None, tuple[Path, dict]]:
     root = path if path.is_dir() else path.parent
     manifest = read_manifest(path)
     if "splits" in manifest:
+        if not isinstance(manifest["splits"], dict) or not manifest["splits"]:
+            raise ShardError(f"{root / MANIFEST_NAME}: 'splits' must name at least one split folder")
         sets = {}
-        for name, info in (manifest["splits"] or {}).items():
+        for name, info in manifest["splits"].items():
             sub = info.get("path") if isinstance(info, dict) else None
             if not plain_name(sub):
                 raise ShardError(f"{root / MANIFEST_NAME}: split {name!r} has path {sub!r}; it must be a "
@@ -89,6 +93,9 @@ def structure_problems(manifest: dict, where: str) -> list[str]:
         sha = s.get("sha256")
         if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
             problems.append(f"{where}: shards[{k}].sha256 = {sha!r} is not a sha256 digest")
+    classes = manifest.get("classes")
+    if classes is not None and not (isinstance(classes, dict) and isinstance(classes.get("names"), list)):
+        problems.append(f"{where}: 'classes' must be null or {{names: [...], ids: {{...}}}}")
     if problems:
         return problems
     totals = manifest.get("totals")

@@ -104,8 +104,8 @@ def verify_set(directory: Path, manifest: dict, sample: int | None = None, seed:
         for s in shards:
             tar = directory / s["name"]
             idx = directory / s["index"]
-            if not tar.exists():
-                problems.append(f"{tar}: missing")
+            if not tar.is_file():
+                problems.append(f"{tar}: missing, or not a file")
                 expected_index += s["samples"]
                 continue
             size = tar.stat().st_size
@@ -120,13 +120,15 @@ def verify_set(directory: Path, manifest: dict, sample: int | None = None, seed:
                 problems.append(f"{tar}: not a readable tar ({e})")
                 expected_index += s["samples"]
                 continue
-            if not idx.exists():
-                problems.append(f"{idx}: missing DALI index")
+            if not idx.is_file():
+                problems.append(f"{idx}: missing DALI index, or not a file")
             else:
                 try:
                     written = parse_index(idx.read_text(), str(idx))
                     if written != actual:
                         problems.append(f"{idx}: does not match the members of {tar.name}")
+                except UnicodeDecodeError:
+                    problems.append(f"{idx}: not a text file")
                 except ValueError as e:
                     problems.append(str(e))
             if len(actual) != s["samples"]:
@@ -181,6 +183,7 @@ def _root_problems(out: Path, sets) -> list[str]:
     where = f"{out if out.is_dir() else out.parent}/{MANIFEST_NAME}"
     problems = []
     totals = {"samples": 0, "shards": 0, "bytes": 0}
+    root_totals = root.get("totals") if isinstance(root.get("totals"), dict) else {}
     for name, (directory, manifest) in sets.items():
         recorded = root["splits"][name]
         if manifest.get("split") != name:
@@ -194,9 +197,8 @@ def _root_problems(out: Path, sets) -> list[str]:
             if isinstance(value, int):
                 totals[key] += value
     for key, value in totals.items():
-        if (root.get("totals") or {}).get(key) != value:
-            problems.append(f"{where}: totals.{key} = {(root.get('totals') or {}).get(key)!r} but the splits "
-                            f"add up to {value}")
+        if root_totals.get(key) != value:
+            problems.append(f"{where}: totals.{key} = {root_totals.get(key)!r} but the splits add up to {value}")
     dirs = [d.resolve() for d, _ in sets.values()]
     if len(set(dirs)) != len(dirs):
         problems.append(f"{where}: two splits point at the same folder")

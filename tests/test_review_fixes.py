@@ -104,3 +104,58 @@ def test_names_in_an_old_manifest_cannot_reach_outside_out(tmp_path, clvr, image
     assert r.code == 0, r.err
     assert (parent / "manifest.json").read_text() == "keep me"
     assert (parent / "victim" / "manifest.json").read_text() == "keep me too"
+
+
+def _demo(tmp_path, clvr):
+    out = tmp_path / "out"
+    assert clvr("shard", "demo", "digits", out, "--limit", "40", "--shard-size", "16", "--no-progress",
+                "--workers", "1").code == 0
+    return out
+
+
+def _rewrite(path, change):
+    m = json.loads(path.read_text())
+    change(m)
+    path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("tamper", ["classes-list", "splits-list", "totals-string", "manifest-dir", "tar-dir",
+                                    "idx-binary"])
+def test_tampering_is_reported_without_a_traceback(tmp_path, clvr, tamper):
+    out = _demo(tmp_path, clvr)
+    train = out / "train"
+    if tamper == "classes-list":
+        _rewrite(train / "manifest.json", lambda m: m.update(classes=["0", "1"]))
+    elif tamper == "splits-list":
+        _rewrite(out / "manifest.json", lambda m: m.update(splits=["train"]))
+    elif tamper == "totals-string":
+        _rewrite(out / "manifest.json", lambda m: m.update(totals="all of them"))
+    elif tamper == "manifest-dir":
+        (train / "manifest.json").unlink()
+        (train / "manifest.json").mkdir()
+    elif tamper == "tar-dir":
+        (train / "train-000000.tar").unlink()
+        (train / "train-000000.tar").mkdir()
+    else:
+        (train / "train-000000.idx").write_bytes(b"\xff\xfe\x00binary")
+    r = clvr("shard", "verify", out, "--no-progress")
+    assert r.code == 1 and "Traceback" not in r.err and r.err.strip()
+
+
+def test_coco_duplicate_files_and_empty_lists(tmp_path, clvr):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a.jpg")
+    coco = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "./a.jpg"}],
+            "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "i.json").write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    assert clvr("shard", "coco", tmp_path / "i.json", images, out, "--no-progress", "--workers", "1").code == 0
+    (line,) = read_rejects(out)
+    assert "listed again as image id 2" in line["reason"]
+    coco["images"] = []
+    (tmp_path / "e.json").write_text(json.dumps(coco))
+    r = clvr("shard", "coco", tmp_path / "e.json", images, tmp_path / "o2", "--no-progress", "--workers", "1")
+    assert r.code == 2 and "no usable images" in r.err
+    r = clvr("shard", "coco", images, images, tmp_path / "o3", "--no-progress", "--workers", "1")
+    assert r.code == 2 and "cannot be read" in r.err
