@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 
 ORIENTATION_TAG = 0x0112
+_WIDTH = {3: 2, 4: 4}  # TIFF types SHORT and LONG: bytes of the value
 SOS, EOI, APP1 = 0xDA, 0xD9, 0xE1
 
 
@@ -30,8 +31,9 @@ def _tiff_orientation(tiff: bytes) -> tuple[int, int | None]:
         if entry + 12 > len(tiff):
             break
         tag, typ = struct.unpack(end + "HH", tiff[entry:entry + 4])
-        if tag == ORIENTATION_TAG and typ == 3:  # SHORT
-            value = struct.unpack(end + "H", tiff[entry + 8:entry + 10])[0]
+        if tag == ORIENTATION_TAG and typ in _WIDTH:  # SHORT per the standard; LONG seen in the wild
+            code = end + ("H" if typ == 3 else "I")
+            value = struct.unpack(code, tiff[entry + 8:entry + 8 + _WIDTH[typ]])[0]
             return (value if 1 <= value <= 8 else 1), entry + 8
     return 1, None
 
@@ -64,5 +66,7 @@ def reset_jpeg_orientation(data: bytes) -> bytes:
     if orientation == 1 or offset is None:
         return data
     tiff = data.rfind(b"Exif\0\0", 0, offset) + 6
-    one = struct.pack("<H" if data[tiff:tiff + 2] == b"II" else ">H", 1)
-    return data[:offset] + one + data[offset + 2:]
+    end = "<" if data[tiff:tiff + 2] == b"II" else ">"
+    typ = struct.unpack(end + "H", data[offset - 6:offset - 4])[0]  # the entry's type field
+    one = struct.pack(end + ("H" if typ == 3 else "I"), 1)
+    return data[:offset] + one + data[offset + len(one):]

@@ -124,3 +124,20 @@ def test_coco_resets_the_tag_so_boxes_keep_their_pixels(tmp_path, clvr):
     assert (meta["width"], meta["height"]) == (48, 32)
     log = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert any("orientation 6 reset" in e["reason"] for e in log)
+
+
+def test_orientation_stored_as_long_is_read_and_reset():
+    """Some writers store the tag as LONG (type 4) instead of SHORT; PIL reads both."""
+    tiff = b"II" + struct.pack("<HI", 42, 8) + struct.pack("<H", 1) + \
+        struct.pack("<HHII", 0x0112, 4, 1, 6) + struct.pack("<I", 0)
+    app1 = b"Exif\0\0" + tiff
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(buf, "JPEG")
+    plain = buf.getvalue()
+    data = plain[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + plain[2:]
+    assert Image.open(io.BytesIO(data)).getexif().get(0x0112) == 6
+    assert jpeg_orientation(data)[0] == 6
+    reset = reset_jpeg_orientation(data)
+    assert len(reset) == len(data) and Image.open(io.BytesIO(reset)).getexif().get(0x0112) == 1
+    r = prepare_image(data, ImageOptions())
+    assert (r.width, r.height) == (6, 8)
