@@ -423,8 +423,10 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
         raise
     finally:
         progress.close()
-    # A split with no accepted sample still gets a manifest, so the summary can say so.
+    # A split with no accepted sample still gets a manifest, so the summary can say so; its
+    # state is journalled with the next split's first shard.
     state["consumed"] = consumed
+    state["inputs"] = inputs.hexdigest()
     records = state["shards"]
     manifest = _split_manifest(cfg, split.name, records, dict(components), dict(labels), dict(stats))
     return SplitResult(split.name, directory, next_index, len(records),

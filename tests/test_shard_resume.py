@@ -193,3 +193,23 @@ def test_foreign_shard_files_need_overwrite(tmp_path):
     assert (out / "shard-000000.tar").read_bytes() == b"someone else's"
     run_job(_cfg(out, overwrite=True), _splits(False), Prepare(), log=lambda m: None)
     assert json.loads((out / "manifest.json").read_text())["totals"]["samples"] == 30
+
+
+class RejectTrain(Prepare):
+    """Rejects every train item, so the train split finishes without a single shard."""
+
+    def __call__(self, item: Item) -> Prepared:
+        if int(item.src.split("-")[1]) < 28 and item.src != f"item-{self.stop_at}":
+            raise Reject("train is all bad")
+        return super().__call__(item)
+
+
+def test_a_split_with_no_sample_does_not_spoil_the_resume(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(_cfg(out), _splits(), RejectTrain(38), log=lambda m: None)
+    result = run_job(_cfg(out), _splits(), RejectTrain(), log=lambda m: None)
+    assert result.resumed
+    ref = tmp_path / "ref"
+    run_job(_cfg(ref), _splits(), RejectTrain(), log=lambda m: None)
+    assert _snapshot(out) == _snapshot(ref)
