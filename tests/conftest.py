@@ -71,6 +71,21 @@ def image_folder(tmp_path) -> Path:
     return root
 
 
+def demo_shards(clvr, tmp_path: Path, limit: int = 40, shard_size: int = 16) -> Path:
+    """A small split digits shard set in ``tmp_path/out``, for tests that tamper with one."""
+    out = tmp_path / "out"
+    assert clvr("shard", "demo", "digits", out, "--limit", str(limit), "--shard-size", str(shard_size),
+                "--no-progress", "--workers", "1").code == 0
+    return out
+
+
+def edit_json(path: Path, change) -> None:
+    """Load the JSON file, let ``change`` modify it in place, write it back."""
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
 def read_rejects(out: Path) -> list[dict]:
     p = Path(out) / "rejects.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []

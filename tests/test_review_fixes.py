@@ -12,7 +12,7 @@ from PIL import Image
 from clvr.shards.boxes import check_box
 from clvr.shards.job import Item, JobConfig, Prepared, Split, run_job
 
-from conftest import read_rejects
+from conftest import demo_shards, edit_json, read_rejects
 
 
 def _corrupt_jpeg(orientation: int | None = None) -> bytes:
@@ -106,30 +106,17 @@ def test_names_in_an_old_manifest_cannot_reach_outside_out(tmp_path, clvr, image
     assert (parent / "victim" / "manifest.json").read_text() == "keep me too"
 
 
-def _demo(tmp_path, clvr):
-    out = tmp_path / "out"
-    assert clvr("shard", "demo", "digits", out, "--limit", "40", "--shard-size", "16", "--no-progress",
-                "--workers", "1").code == 0
-    return out
-
-
-def _rewrite(path, change):
-    m = json.loads(path.read_text())
-    change(m)
-    path.write_text(json.dumps(m))
-
-
 @pytest.mark.parametrize("tamper", ["classes-list", "splits-list", "totals-string", "manifest-dir", "tar-dir",
                                     "idx-binary"])
 def test_tampering_is_reported_without_a_traceback(tmp_path, clvr, tamper):
-    out = _demo(tmp_path, clvr)
+    out = demo_shards(clvr, tmp_path)
     train = out / "train"
     if tamper == "classes-list":
-        _rewrite(train / "manifest.json", lambda m: m.update(classes=["0", "1"]))
+        edit_json(train / "manifest.json", lambda m: m.update(classes=["0", "1"]))
     elif tamper == "splits-list":
-        _rewrite(out / "manifest.json", lambda m: m.update(splits=["train"]))
+        edit_json(out / "manifest.json", lambda m: m.update(splits=["train"]))
     elif tamper == "totals-string":
-        _rewrite(out / "manifest.json", lambda m: m.update(totals="all of them"))
+        edit_json(out / "manifest.json", lambda m: m.update(totals="all of them"))
     elif tamper == "manifest-dir":
         (train / "manifest.json").unlink()
         (train / "manifest.json").mkdir()

@@ -14,7 +14,7 @@ import pytest
 
 from clvr.shards.lock import LOCK_NAME
 
-from conftest import read_samples
+from conftest import demo_shards, edit_json, read_samples
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -282,21 +282,8 @@ def test_ctrl_c_in_a_terminal_stops_workers_quietly(tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
-def _split_out(tmp_path, clvr):
-    out = tmp_path / "out"
-    assert clvr("shard", "demo", "digits", out, "--limit", "50", "--shard-size", "15", "--no-progress",
-                "--workers", "1").code == 0
-    return out
-
-
-def _edit(path, change):
-    m = json.loads(path.read_text())
-    change(m)
-    path.write_text(json.dumps(m))
-
-
 def test_verify_checks_the_root_manifest_against_the_splits(tmp_path, clvr):
-    out = _split_out(tmp_path, clvr)
+    out = demo_shards(clvr, tmp_path, limit=50, shard_size=15)
     train = out / "train" / "manifest.json"
     # drop the last train shard everywhere but in the root manifest
     m = json.loads(train.read_text())
@@ -312,8 +299,8 @@ def test_verify_checks_the_root_manifest_against_the_splits(tmp_path, clvr):
 
 @pytest.mark.parametrize("path,word", [("train", "holds split 'train'"), ("../elsewhere", "must be a sub-folder")])
 def test_verify_refuses_split_paths_that_point_elsewhere(tmp_path, clvr, path, word):
-    out = _split_out(tmp_path, clvr)
-    _edit(out / "manifest.json", lambda m: m["splits"]["val"].update(path=path))
+    out = demo_shards(clvr, tmp_path, limit=50, shard_size=15)
+    edit_json(out / "manifest.json", lambda m: m["splits"]["val"].update(path=path))
     r = clvr("shard", "verify", out, "--no-progress")
     assert r.code == 1 and word in r.err
 
@@ -326,8 +313,8 @@ def test_verify_refuses_split_paths_that_point_elsewhere(tmp_path, clvr, path, w
     (lambda m: m.update(format_version="1"), "format_version must be an integer"),
 ])
 def test_verify_and_info_report_malformed_manifests(tmp_path, clvr, change, word):
-    out = _split_out(tmp_path, clvr)
-    _edit(out / "train" / "manifest.json", change)
+    out = demo_shards(clvr, tmp_path, limit=50, shard_size=15)
+    edit_json(out / "train" / "manifest.json", change)
     r = clvr("shard", "verify", out, "--no-progress")
     assert r.code == 1 and word in r.err and "Traceback" not in r.err
     r = clvr("shard", "info", out)
