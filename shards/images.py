@@ -119,14 +119,23 @@ def _check_integrity(data: bytes, fmt: str) -> bool:
     if fmt in ("JPEG", "MPO") and simplejpeg is not None:
         try:
             colourspace = simplejpeg.decode_jpeg_header(data)[2]
-            simplejpeg.decode_jpeg(data, colorspace="CMYK" if colourspace in ("CMYK", "YCCK") else "GRAY",
-                                   min_height=1, min_width=1, min_factor=8)
         except ValueError as e:
             raise Reject(f"corrupt or truncated image data: {e}") from None
+        _entropy_decode_jpeg(data, colourspace)
         return True
     if fmt == "PNG":
         Image.open(io.BytesIO(data)).verify()
     return False
+
+
+def _entropy_decode_jpeg(data: bytes, colourspace: str) -> None:
+    """Entropy-decode every coefficient at 1/8 scale with libjpeg-turbo; its warnings about
+    corrupt data are errors (PIL ignores them)."""
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="CMYK" if colourspace in ("CMYK", "YCCK") else "GRAY",
+                               min_height=1, min_width=1, min_factor=8)
+    except ValueError as e:
+        raise Reject(f"corrupt or truncated image data: {e}") from None
 
 
 def _png_bit_depth(data: bytes) -> int:
@@ -178,10 +187,7 @@ def _fast_jpeg(data: bytes, options: ImageOptions) -> PreparedImage | None:
         data = reset_jpeg_orientation(data)
         notes.append(f"EXIF orientation {orientation} reset to 1 (pixels kept as stored)")
     if options.verify:
-        try:
-            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, min_factor=8)
-        except ValueError as e:
-            raise Reject(f"corrupt or truncated image data: {e}") from None
+        _entropy_decode_jpeg(data, colourspace)
     return PreparedImage("jpg", data, w, h, "JPEG", (w, h), (1.0, 1.0), notes)
 
 
