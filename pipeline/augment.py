@@ -1,0 +1,216 @@
+"""The augmentations of a :class:`~clvr.pipeline.recipe.Recipe`, as DALI graph nodes.
+
+Every function takes and returns DALI ``DataNode`` s of HWC uint8 images (on the CPU or the GPU,
+whichever the input is on) and draws its randomness per sample inside the graph, so the whole
+view is made by DALI's worker threads. Each augmentation fires with its own probability. Ops
+that fire rarely run under DALI conditionals, so the samples that skip them cost nothing.
+
+Where the choice of implementation could change a recipe's statistics, it is said here:
+
+- **colour jitter** is DALI's ``hsv`` (hue, saturation) then ``brightness_contrast`` (brightness,
+  contrast). Brightness, contrast and saturation commute (contrast is taken about the image's
+  mean luma, as torchvision does), so torchvision's random order of the three changes nothing.
+  The hue shift is a rotation of chroma in YIQ (luma kept) rather than a shift in HSV.
+- **grayscale** after jitter is folded into the same ``hsv`` op (saturation 0): desaturating
+  commutes with the jitter above, so the result equals jitter-then-grayscale.
+- **Gaussian blur** uses the recipe's kernel (``kernel`` x side, odd) but never more than
+  ``2 * ceil(4 sigma) + 1`` taps: the taps beyond 4 sigma weigh under 1e-4 of the kernel, below
+  half a grey level, so the output is the same to within one grey level (tested).
+"""
+
+from __future__ import annotations
+
+import math
+
+from nvidia.dali import fn, types
+from nvidia.dali import math as dmath
+
+from .recipe import Recipe
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def coin(p: float):
+    return fn.random.coin_flip(probability=float(p), dtype=types.BOOL)
+
+
+def uniform(lo: float, hi: float):
+    return fn.random.uniform(range=[float(lo), float(hi)])
+
+
+def crop(image, recipe: Recipe, size: tuple[int, int] | None = None):
+    """Random resized crop to ``size`` (default the recipe's square); whole-image resize otherwise."""
+    c = recipe.crop
+    size = list(size or (recipe.size, recipe.size))
+    interp = types.INTERP_LINEAR
+    if c.p <= 0:
+        return fn.resize(image, size=size, antialias=c.antialias, interp_type=interp)
+    cropped = fn.random_resized_crop(image, size=size, random_area=list(c.scale),
+                                     random_aspect_ratio=list(c.ratio), antialias=c.antialias,
+                                     interp_type=interp, num_attempts=10)
+    if c.p >= 1:
+        return cropped
+    whole = fn.resize(image, size=size, antialias=c.antialias, interp_type=interp)
+    keep = fn.cast(coin(c.p), dtype=types.UINT8)
+    return keep * cropped + (1 - keep) * whole
+
+
+def rotate90(image, p: float):
+    """Rotate by 90, 180 or 270 degrees with probability ``p`` (square views keep their size)."""
+    if p <= 0:
+        return image
+    angle = fn.random.choice([90.0, 180.0, 270.0]) * fn.cast(coin(p), dtype=types.FLOAT)
+    return fn.rotate(image, angle=angle, keep_size=True, interp_type=types.INTERP_NN)
+
+
+def color(image, recipe: Recipe):
+    """Colour jitter (probability ``jitter.p``) and grayscale (``grayscale.p``) in two passes."""
+    j, g = recipe.jitter, recipe.grayscale
+    if j.p <= 0 and g.p <= 0:
+        return image
+    fire = fn.cast(coin(j.p), dtype=types.FLOAT) if j.p > 0 else 0.0
+
+    def factor(x):
+        if x <= 0 or j.p <= 0:
+            return 1.0
+        return 1.0 + fire * (uniform(max(0.0, 1.0 - x), 1.0 + x) - 1.0)
+
+    saturation = factor(j.saturation)
+    if g.p > 0:
+        saturation = saturation * (1.0 - fn.cast(coin(g.p), dtype=types.FLOAT))
+    hue = 0.0
+    if j.p > 0 and j.hue > 0:
+        hue = fire * uniform(-j.hue, j.hue) * 360.0
+    out = image
+    if (j.p > 0 and (j.hue > 0 or j.saturation > 0)) or g.p > 0:
+        out = fn.hsv(out, hue=hue, saturation=saturation, dtype=types.UINT8)
+    if j.p > 0 and (j.brightness > 0 or j.contrast > 0):
+        center = mean_luma(out)
+        out = fn.brightness_contrast(out, brightness=factor(j.brightness), contrast=factor(j.contrast),
+                                     contrast_center=center, dtype=types.UINT8)
+    return out
+
+
+def mean_luma(image):
+    """Per-sample mean ITU-R 601 luma (0-255) of an HWC image."""
+    means = fn.reductions.mean(fn.cast(image, dtype=types.FLOAT), axes=[0, 1])
+    return means[0] * LUMA[0] + means[1] * LUMA[1] + means[2] * LUMA[2]
+
+
+def blur_window(side: int, fraction: float) -> int:
+    """SimCLR's kernel: ``fraction`` of the side, made odd."""
+    k = max(3, int(round(side * fraction)))
+    return k if k % 2 else k + 1
+
+
+def gaussian_blur(image, recipe: Recipe, side: int):
+    b = recipe.blur
+    if b.p <= 0:
+        return image
+    sigma = uniform(*b.sigma)
+    window = blur_window(side, b.kernel)
+    cap = 2 * int(math.ceil(4 * b.sigma[1])) + 1
+    if cap < window:
+        # Taps beyond 4 sigma weigh < 1e-4: trim them per sample (sigma is known in the graph).
+        adaptive = fn.cast(2.0 * dmath.ceil(4.0 * sigma) + 1.0, dtype=types.INT32)
+        window = dmath.min(adaptive, window)
+    if b.p >= 1:
+        return fn.gaussian_blur(image, sigma=sigma, window_size=window)
+    if coin(b.p):
+        image = fn.gaussian_blur(image, sigma=sigma, window_size=window)
+    return image
+
+
+def solarize(image, recipe: Recipe):
+    s = recipe.solarize
+    if s.p <= 0:
+        return image
+    table = [float(v if v < s.threshold else 255 - v) for v in range(256)]
+    if coin(s.p):
+        image = fn.lookup_table(image, keys=list(range(256)), values=table, dtype=types.UINT8)
+    return image
+
+
+def sobel(image, recipe: Recipe):
+    if recipe.sobel.p <= 0:
+        return image
+    if coin(recipe.sobel.p):
+        gray = fn.cast(fn.hsv(image, saturation=0.0, dtype=types.UINT8), dtype=types.FLOAT)
+        kx = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
+        ky = [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]
+        gx = fn.experimental.filter(gray, kx, border="clamp")
+        gy = fn.experimental.filter(gray, ky, border="clamp")
+        # Largest magnitude on 8-bit input is 4*255*sqrt(2); scale to 0-255.
+        mag = dmath.sqrt(gx * gx + gy * gy) * (255.0 / (4.0 * 255.0 * math.sqrt(2.0)))
+        image = fn.cast(dmath.min(mag * 4.0, 255.0), dtype=types.UINT8)
+    return image
+
+
+def noise(image, recipe: Recipe):
+    n = recipe.noise
+    if n.p <= 0:
+        return image
+    if coin(n.p):
+        image = fn.noise.gaussian(image, stddev=uniform(*n.std))
+    return image
+
+
+def cutout(image, recipe: Recipe, side: int):
+    c = recipe.cutout
+    if c.p <= 0:
+        return image
+    if coin(c.p):
+        edge = fn.cast(uniform(*c.size) * side, dtype=types.FLOAT)
+        anchor = fn.stack(uniform(0.0, 1.0), uniform(0.0, 1.0)) * (side - edge)
+        image = fn.erase(image, anchor=anchor, shape=fn.stack(edge, edge), axis_names="HW",
+                         fill_value=float(c.fill))
+    return image
+
+
+def normalize(image, recipe: Recipe, mirror=None, layout: str = "CHW"):
+    """Scale to [0, 1], subtract mean, divide by std, and flip where ``mirror`` says; float CHW."""
+    m = recipe.normalize
+    return fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout=layout,
+                                    mean=[255.0 * v for v in m.mean], std=[255.0 * v for v in m.std],
+                                    mirror=mirror if mirror is not None else 0)
+
+
+def channel_drop(view, recipe: Recipe):
+    """Keep one random channel of a normalised CHW view; the other two become 0 (the mean)."""
+    if recipe.channel_drop.p <= 0:
+        return view
+    keep = fn.cast(fn.random.uniform(range=[0, 3], dtype=types.INT32), dtype=types.INT64)
+    mask = fn.reshape(fn.one_hot(keep, num_classes=3, dtype=types.FLOAT), shape=[3, 1, 1])
+    fire = fn.cast(coin(recipe.channel_drop.p), dtype=types.FLOAT)
+    return view * (fire * mask + (1.0 - fire))
+
+
+def photometric(image, recipe: Recipe, side: int):
+    """Every photometric step of the recipe (uint8 HWC in and out), in :data:`recipe.ORDER`."""
+    image = color(image, recipe)
+    image = gaussian_blur(image, recipe, side)
+    image = solarize(image, recipe)
+    image = sobel(image, recipe)
+    image = noise(image, recipe)
+    return image
+
+
+def view(image, recipe: Recipe, size: tuple[int, int] | None = None, photometric_in_graph: bool = True):
+    """One augmented view of a decoded image: float CHW normalised (or uint8 CHW when the
+    photometric part is left to the kornia stage, see :mod:`clvr.pipeline.kornia_stage`)."""
+    size = size or (recipe.size, recipe.size)
+    return after_crop(crop(image, recipe, size), recipe, size, photometric_in_graph)
+
+
+def after_crop(image, recipe: Recipe, size: tuple[int, int], photometric_in_graph: bool = True):
+    """Everything of the recipe but the crop, on an image already at ``size``."""
+    out = rotate90(image, recipe.rotate.p)
+    mirror = fn.random.coin_flip(probability=recipe.flip.p) if recipe.flip.p > 0 else None
+    if not photometric_in_graph:
+        out = cutout(out, recipe, min(size))
+        return fn.crop_mirror_normalize(out, dtype=types.UINT8, output_layout="CHW",
+                                        mirror=mirror if mirror is not None else 0)
+    out = photometric(out, recipe, min(size))
+    out = cutout(out, recipe, min(size))
+    out = normalize(out, recipe, mirror)
+    return channel_drop(out, recipe)

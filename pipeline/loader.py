@@ -1,0 +1,367 @@
+"""``ViewLoader``: shards in, :class:`~clvr.pipeline.batch.ViewBatch` es out, one epoch per ``iter``.
+
+The data flow, in the order it happens::
+
+    source.resolve(spec)              which tars and index files (or URLs)
+    reader.read(...)                  DALI webdataset reader: this rank's part, shuffled
+    Sample(...)                       lazy decode: image (CPU or nvJPEG), video
+    generator.graph(sample, ctx)      views as DALI nodes (augment.* per recipe)
+    -- DALI runs the graph in its threads, batches come out --
+    _to_torch(...)                    tensors on the training device
+    generator.on_device(batch, ctx)   optional torch/kornia step (the kornia stage)
+
+One loader per process: under ``accelerate launch`` / ``torchrun`` it reads ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment (or takes them as arguments).
+
+Epochs (see :mod:`.reader` for why they are exact): ``len(loader)`` steps per epoch, the same on
+every rank. ``last_batch`` says what happens to the samples that do not fill a last batch:
+
+- ``"drop"`` (training default): every rank yields ``floor(min part / B)`` full batches; the rest
+  of the epoch's samples (fewer than ``world_size * B`` plus one per rank) are not seen that
+  epoch, and since the order is reshuffled every epoch, different ones each time;
+- ``"pad"``: every rank yields ``ceil(max part / B)`` full batches; padding repeats a sample and
+  is marked ``batch.valid == False``, so every sample is seen exactly once per epoch;
+- ``"partial"``: as ``"pad"`` but padding is removed, so the last batch is smaller (and, when the
+  parts differ by one sample at a batch boundary, can be empty on some ranks).
+
+Breaking out of an epoch early is allowed: the next ``iter`` finishes (drains) the abandoned
+epoch's stream first, so epoch ``e`` always reads epoch ``e``'s samples.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvidia.dali import pipeline_def
+from nvidia.dali.backend import TensorListGPU
+
+from . import reader as reader_mod
+from . import recipe as recipe_mod
+from .batch import ViewBatch
+from .errors import PipelineError, SampleError
+from .sample import Context, Sample
+from .source import ShardSet, read_index, resolve
+from .views import get_view
+from .views.base import ViewGenerator
+
+LAST_BATCH = ("drop", "pad", "partial")
+ON_ERROR = ("raise", "skip")
+DEVICES = ("auto", "cpu", "gpu")
+PHOTOMETRIC = ("dali", "kornia")
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torch.distributed or the launcher's environment."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank if world > 1 else 0))
+
+
+def resolve_device(device: str) -> str:
+    if device not in DEVICES:
+        raise PipelineError(f"device = {device!r}; choose one of {', '.join(DEVICES)}")
+    has_cuda = torch.cuda.is_available()
+    if device == "auto":
+        return "gpu" if has_cuda else "cpu"
+    if device == "gpu" and not has_cuda:
+        raise PipelineError("device = 'gpu' but no CUDA device is visible to torch; use --device cpu "
+                            "(or auto)")
+    return device
+
+
+def default_threads(world_size: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1 if world_size == 1 else min(world_size, cores)))
+    return max(1, cores // max(1, local))
+
+
+class ViewLoader:
+    """Iterate views of a shard set. See the module doc for the epoch contract.
+
+    Args:
+        data: shard-set spec (directory, manifest, brace pattern, list, or URLs).
+        views: generator name (``two_view``, ``multi_crop``, ...), class or instance.
+        recipe: preset name, YAML path, dict, or Recipe(s); default: the generator's.
+        batch_size: samples per batch on this rank.
+        device: ``auto`` | ``cpu`` | ``gpu`` (where DALI decodes and augments).
+        seed: seeds shuffling and augmentation; the same seed gives the same batches.
+        view_options: options of the generator (checked strictly).
+        photometric: ``dali`` (in the graph) or ``kornia`` (batched on the device tensors).
+        on_error: ``raise`` (default) or ``skip`` (bad samples are skipped and counted).
+    """
+
+    def __init__(self, data, views="two_view", recipe=None, batch_size: int = 64, *,
+                 device: str = "auto", rank: int | None = None, world_size: int | None = None,
+                 local_rank: int | None = None, shuffle: bool = True, shuffle_buffer: int = 1024,
+                 seed: int = 0, last_batch: str = "drop", num_threads: int | None = None,
+                 prefetch: int = 2, on_error: str = "raise", photometric: str = "dali",
+                 split: str | None = None, view_options: dict | None = None, torch_device=None):
+        if last_batch not in LAST_BATCH:
+            raise PipelineError(f"last_batch = {last_batch!r}; choose one of {', '.join(LAST_BATCH)}")
+        if on_error not in ON_ERROR:
+            raise PipelineError(f"on_error = {on_error!r}; choose one of {', '.join(ON_ERROR)}")
+        if photometric not in PHOTOMETRIC:
+            raise PipelineError(f"photometric = {photometric!r}; choose one of {', '.join(PHOTOMETRIC)}")
+        if batch_size < 1:
+            raise PipelineError(f"batch_size = {batch_size} must be at least 1")
+        env_rank, env_world, env_local = distributed_env()
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        self.local_rank = env_local if local_rank is None else local_rank
+        if not 0 <= self.rank < self.world_size:
+            raise PipelineError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        self.device = resolve_device(device)
+        self.torch_device = torch.device(torch_device) if torch_device is not None else (
+            torch.device("cuda", self.local_rank) if self.device == "gpu" else torch.device("cpu"))
+        self.batch_size = batch_size
+        self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
+        self.last_batch, self.on_error, self.prefetch = last_batch, on_error, prefetch
+        self.num_threads = num_threads or default_threads(self.world_size)
+
+        self.shards: ShardSet = data if isinstance(data, ShardSet) else resolve(data, split)
+        if isinstance(views, ViewGenerator):
+            self.generator = views
+        else:
+            cls = get_view(views) if isinstance(views, str) else views
+            self.generator = cls(**(view_options or {}))
+        recipes = recipe_mod.build(recipe if recipe is not None else self.generator.default_recipe,
+                                   views=self.generator.num_recipes)
+        self.ctx = Context(device=self.device, batch_size=batch_size, recipes=recipes,
+                           photometric=photometric, seed=seed, classes=self.shards.classes,
+                           categories=self.shards.categories)
+        if self.shards.remote:
+            raise PipelineError(f"{self.shards.spec}: remote shards are read by RemoteViewLoader")
+        self.fields = reader_mod.fields_for(self.shards, set(self.generator.needs))
+        self.skipped: list[dict] = []       # {"shard", "key", "reason"} of every skipped sample
+        self._excluded: set[tuple[str, str]] = set()
+        self._tmp = None
+        self._index_files = self._check_shards()
+        self.epoch = 0
+        self._pos = 0                       # batches of the current stream epoch already run
+        self._build()
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _check_shards(self) -> list[str]:
+        """Parse every index file up front: truncated shards and missing components are named
+        here (shard and key) instead of inside DALI. Returns the index files to give DALI
+        (filtered copies when samples are excluded under ``on_error="skip"``)."""
+        need_exts = [reader_mod.FIELDS[f][0].split(";") for f in self.fields]
+        out = []
+        for shard in self.shards.shards:
+            entries = read_index(shard.index, shard.tar)
+            bad = []
+            for e in entries:
+                for exts in need_exts:
+                    if not any(x in e.components for x in exts):
+                        reason = f"missing component {'/'.join(exts)}"
+                        if self.on_error == "raise":
+                            raise SampleError(f"{shard.tar}: key {e.key}: {reason} "
+                                              "(use on_error='skip' / --on-error skip to skip such samples)",
+                                              shard.tar, e.key)
+                        bad.append((e.key, reason))
+                        break
+                if (shard.tar, e.key) in self._excluded:
+                    bad.append((e.key, None))
+            out.append(self._filtered_index(shard, entries, bad))
+        if sum(1 for _ in out) and all(self._count(i) == 0 for i in out):
+            raise PipelineError(f"{self.shards.spec}: no samples left to read")
+        return out
+
+    @staticmethod
+    def _count(index_file: str) -> int:
+        with open(index_file) as f:
+            return int(f.readline().split()[1])
+
+    def _filtered_index(self, shard, entries, bad) -> str:
+        if not bad:
+            return shard.index
+        for key, reason in bad:
+            if reason is not None and (shard.tar, key) not in self._excluded:
+                self._excluded.add((shard.tar, key))
+                self.skipped.append({"shard": shard.tar, "key": key, "reason": reason})
+        drop = {k for k, _ in bad}
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="clvr-index-")
+        lines = Path(shard.index).read_text().splitlines()
+        keep = [ln for ln in lines[1:] if ln.strip() and ln.split()[3].split(".", 1)[0] not in drop]
+        path = Path(self._tmp.name) / f"{len(os.listdir(self._tmp.name))}-{Path(shard.index).name}"
+        path.write_text(f"v1.2 {len(keep)}\n" + "".join(ln + "\n" for ln in keep))
+        return str(path)
+
+    def _build(self) -> None:
+        opts = reader_mod.ReadOptions(rank=self.rank, world_size=self.world_size, shuffle=self.shuffle,
+                                      shuffle_buffer=self.shuffle_buffer, seed=self.seed)
+        gen, ctx, fields, shards, index_files = self.generator, self.ctx, self.fields, self.shards, self._index_files
+        self._output_names: list[str] = []
+
+        @pipeline_def(enable_conditionals=True)
+        def graph():
+            raw = reader_mod.read(shards, fields, opts, index_files)
+            sample = Sample(raw, ctx)
+            out = gen.graph(sample, ctx)
+            views = list(out["views"])
+            extras = dict(out.get("extras") or {})
+            names = ["index"] + [f for f in ("label", "boxes", "box_classes", "text") if f in raw]
+            names += [f"view:{i}" for i in range(len(views))] + [f"extra:{k}" for k in extras]
+            self._output_names = names
+            nodes = [raw["index"]] + [raw["label"] if f == "label" else
+                                      sample.boxes if f == "boxes" else raw[f]
+                                      for f in ("label", "boxes", "box_classes", "text") if f in raw]
+            return tuple(nodes + views + list(extras.values()))
+
+        device_id = self.local_rank if self.device == "gpu" else None
+        pipe_seed = (self.seed * 1_000_003 + self.rank * 7919 + 17) % (2 ** 31)
+        self.pipe = graph(batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
+                          seed=pipe_seed, prefetch_queue_depth=self.prefetch, exec_dynamic=True)
+        try:
+            self.pipe.build()
+        except RuntimeError as e:
+            raise PipelineError(f"{shards.spec}: DALI could not build the pipeline: {_first_line(e)}") from None
+        meta = self.pipe.reader_meta(reader_mod.READER_NAME)
+        self.num_samples = int(meta["epoch_size"])
+        self.part_sizes = reader_mod.part_sizes(self.num_samples, self.world_size)
+        self.part_size = self.part_sizes[self.rank]
+        self.stream_batches = -(-max(self.part_sizes) // self.batch_size)   # K
+        if self.last_batch == "drop":
+            self.steps_per_epoch = min(self.part_sizes) // self.batch_size
+            if self.steps_per_epoch == 0:
+                raise PipelineError(
+                    f"{shards.spec}: {self.num_samples} samples over {self.world_size} rank(s) cannot fill "
+                    f"one batch of {self.batch_size} per rank; lower the batch size or use last_batch='pad'")
+        else:
+            self.steps_per_epoch = self.stream_batches
+        self.view_names = self.generator.names()
+
+    # -- iteration ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples this rank yields per epoch (padding excluded)."""
+        if self.last_batch == "drop":
+            return self.steps_per_epoch * self.batch_size
+        return self.part_size
+
+    def __iter__(self):
+        if self._pos:
+            self._drain()
+        epoch = self.epoch
+        for step in range(self.steps_per_epoch):
+            outs = self._run()
+            batch = self._batch(outs, epoch, step, first=step * self.batch_size)
+            if self.last_batch == "partial" and not bool(batch.valid.all()):
+                batch = batch.select(batch.valid)
+            yield self.generator.on_device(batch, self.ctx)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._pos:
+            self._run()
+
+    def _run(self):
+        try:
+            outs = self.pipe.run()
+        except RuntimeError as e:
+            raise self._diagnose(e) from None
+        self._pos += 1
+        if self._pos == self.stream_batches:
+            self._pos = 0
+            self.epoch += 1
+        return outs
+
+    def _diagnose(self, error: Exception) -> PipelineError:
+        return PipelineError(f"{self.shards.spec}: reading failed: {_first_line(error)}")
+
+    # -- conversion ---------------------------------------------------------------------------
+
+    def _batch(self, outs, epoch: int, step: int, first: int) -> ViewBatch:
+        named = dict(zip(self._output_names, outs))
+        dev = self.torch_device
+        index = _dense(named["index"], dev).reshape(-1)
+        n = index.shape[0]
+        label = _dense(named["label"], dev).reshape(-1) if "label" in named else \
+            torch.full((n,), -1, dtype=torch.int64, device=dev)
+        valid = (torch.arange(first, first + n) < self.part_size).to(dev)
+        views = tuple(_dense(named[f"view:{i}"], dev) for i in range(len(self.view_names)))
+        extras = {k.split(":", 1)[1]: _dense(v, dev) for k, v in named.items() if k.startswith("extra:")}
+        batch = ViewBatch(views=views, names=tuple(self.view_names), index=index, label=label, valid=valid,
+                          kind=self.generator.name, extras=extras, epoch=epoch, step=step)
+        if "boxes" in named:
+            batch.boxes = [t.reshape(-1, 4) for t in _ragged(named["boxes"], dev)]
+            batch.box_classes = [t.reshape(-1) for t in _ragged(named["box_classes"], dev)]
+        if "text" in named:
+            batch.text = [bytes(np.asarray(named["text"][i])).decode("utf-8", "replace")
+                          for i in range(len(named["text"]))]
+        return batch
+
+    # -- state --------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return (f"{self.generator.describe()} on {self.shards.spec}: {self.num_samples} samples, "
+                f"rank {self.rank}/{self.world_size} reads {self.part_size}, batch {self.batch_size}, "
+                f"{self.steps_per_epoch} steps/epoch ({self.last_batch}), device {self.device}, "
+                f"{self.num_threads} DALI threads")
+
+    def close(self) -> None:
+        if getattr(self, "pipe", None) is not None:
+            del self.pipe
+            self.pipe = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "Error" in ln or "error" in ln:
+            return ln.strip()
+    return lines[0] if lines else type(e).__name__
+
+
+def _dense(tl, device: torch.device) -> torch.Tensor:
+    """A dense DALI TensorList as one torch tensor on ``device`` (a copy: DALI reuses buffers)."""
+    if isinstance(tl, TensorListGPU):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+        t = tl.as_tensor()
+        out = torch.empty(t.shape(), dtype=_TORCH_DTYPES[t.dtype], device=device)
+        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device).cuda_stream)
+        return out
+    if not tl.is_dense_tensor():
+        shapes = {tuple(tl[i].shape()) for i in range(len(tl))}
+        raise PipelineError(f"a view or extra has different shapes within the batch: {sorted(shapes)[:4]}")
+    return torch.from_numpy(tl.as_array()).to(device, non_blocking=True)
+
+
+def _ragged(tl, device) -> list[torch.Tensor]:
+    if isinstance(tl, TensorListGPU):
+        tl = tl.as_cpu()
+    return [torch.from_numpy(np.array(tl[i])).to(device) for i in range(len(tl))]
+
+
+def _torch_dtypes():
+    from nvidia.dali import types
+    return {types.FLOAT: torch.float32, types.UINT8: torch.uint8, types.INT64: torch.int64,
+            types.INT32: torch.int32, types.BOOL: torch.bool, types.FLOAT16: torch.float16}
+
+
+_TORCH_DTYPES = _torch_dtypes()

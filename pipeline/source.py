@@ -1,0 +1,251 @@
+"""Where the samples come from: resolve a shard-set spec into the files (or URLs) a reader is given.
+
+A spec is one of:
+
+- a shard-set directory with ``manifest.json`` (``data/digits/train``), or the manifest itself;
+- a brace pattern of local tars, ``data/train-{000000..000099}.tar``;
+- a list of local tar paths;
+- remote URLs (``http://``, ``https://``, ``s3://``, ``gs://``, ``pipe:``), alone, as a brace
+  pattern or a list. Those stream through the ``webdataset`` library (see :mod:`.remote`).
+
+Every local tar must have its DALI index file (``NAME.idx``) beside it: ``clvr shard`` writes one.
+The index files are parsed up front (:func:`read_index`), which is how a missing component or a
+truncated shard is named before the first batch rather than deep inside DALI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clvr.shards.errors import ShardError
+from clvr.shards.manifest import MANIFEST_NAME, read_manifest, shard_sets, structure_problems
+
+from .errors import PipelineError
+
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "pipe:")
+
+
+def is_remote(spec) -> bool:
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    return any(str(s).startswith(REMOTE_PREFIXES) for s in specs)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{a..b}`` numeric ranges (zero-padded as written) and ``{x,y}`` alternatives."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if not match:
+        return [pattern]
+    head, body, tail = pattern[:match.start()], match.group(1), pattern[match.end():]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.startswith("0") else 0
+        if int(hi) < int(lo):
+            raise PipelineError(f"{pattern}: empty range {{{body}}}")
+        items = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        items = body.split(",")
+    return [out for item in items for out in expand_braces(head + item + tail)]
+
+
+@dataclass
+class IndexedSample:
+    """One sample of a shard as its index file lists it."""
+    key: str
+    components: dict[str, tuple[int, int]]  # ext -> (offset, size)
+
+
+@dataclass
+class Shard:
+    tar: str
+    index: str | None
+    samples: int | None = None
+    first_index: int | None = None
+
+
+@dataclass
+class ShardSet:
+    """The shards one loader reads, plus what the manifest says about them (if there is one)."""
+    spec: str
+    shards: list[Shard]
+    remote: bool = False
+    manifest: dict | None = None
+    classes: list[str] | None = None
+    categories: list | None = None
+    components: set[str] = field(default_factory=set)
+    num_samples: int | None = None
+    kind: str | None = None
+
+    @property
+    def tars(self) -> list[str]:
+        return [s.tar for s in self.shards]
+
+    @property
+    def index_files(self) -> list[str]:
+        return [s.index for s in self.shards]
+
+    def shard_of(self, index: int) -> Shard | None:
+        """The shard holding global sample ``index`` (needs first_index, as manifests give)."""
+        for s in self.shards:
+            if s.first_index is not None and s.samples is not None and \
+                    s.first_index <= index < s.first_index + s.samples:
+                return s
+        return None
+
+    def describe(self, index: int) -> str:
+        """'SHARD key KEY' for error messages."""
+        shard = self.shard_of(int(index))
+        where = shard.tar if shard else f"shard set {self.spec}"
+        return f"{where}, key {int(index):09d}"
+
+
+def resolve(spec, split: str | None = None) -> ShardSet:
+    """Turn a spec (see the module doc) into a :class:`ShardSet`. Errors name the path at fault."""
+    if isinstance(spec, (str, os.PathLike)) and not isinstance(spec, (list, tuple)):
+        spec = str(spec)
+        if is_remote(spec):
+            return _remote(spec, expand_braces(spec))
+        path = Path(spec)
+        if path.is_dir() or path.name == MANIFEST_NAME:
+            return _from_manifest(path, split)
+        if "{" in spec:
+            return _from_tars(spec, expand_braces(spec))
+        if path.suffix == ".tar":
+            return _from_tars(spec, [spec])
+        if not path.exists():
+            raise PipelineError(f"{spec}: no such shard set (give a directory with manifest.json, "
+                                "a brace pattern like train-{000000..000009}.tar, or a list of tars)")
+        raise PipelineError(f"{spec}: not a shard set (expected a directory with {MANIFEST_NAME} or .tar files)")
+    specs = [str(s) for s in spec]
+    if not specs:
+        raise PipelineError("empty list of shards")
+    urls = [u for s in specs for u in expand_braces(s)]
+    if is_remote(specs):
+        return _remote(",".join(specs), urls)
+    return _from_tars(",".join(specs), urls)
+
+
+def _from_manifest(path: Path, split: str | None) -> ShardSet:
+    try:
+        sets = shard_sets(path)
+    except ShardError as e:
+        raise PipelineError(str(e)) from None
+    if split is not None:
+        if split not in sets:
+            raise PipelineError(f"{path}: has no split {split!r} (it has: {', '.join(map(str, sets))})")
+        directory, manifest = sets[split]
+    elif len(sets) == 1:
+        directory, manifest = next(iter(sets.values()))
+    else:
+        names = ", ".join(str(path / n) for n in sets)
+        raise PipelineError(f"{path}: holds several splits; name one of them: {names}")
+    problems = structure_problems(manifest, str(directory / MANIFEST_NAME))
+    if problems:
+        raise PipelineError("; ".join(problems))
+    shards = [Shard(str(directory / s["name"]), str(directory / s["index"]), s["samples"], s["first_index"])
+              for s in manifest["shards"]]
+    if not shards:
+        raise PipelineError(f"{directory / MANIFEST_NAME}: the shard set has no shards (0 samples)")
+    classes = manifest.get("classes") or None
+    categories = manifest.get("categories") or None
+    return ShardSet(spec=str(path), shards=shards, manifest=manifest,
+                    classes=list(classes["names"]) if classes else None,
+                    categories=categories["names"] if isinstance(categories, dict) else categories,
+                    components=set(manifest.get("components") or {}),
+                    num_samples=manifest["totals"]["samples"], kind=manifest.get("kind"))
+
+
+def _from_tars(spec: str, tars: list[str]) -> ShardSet:
+    shards = []
+    for tar in tars:
+        if not Path(tar).is_file():
+            raise PipelineError(f"{tar}: no such shard (from {spec})")
+        idx = str(Path(tar).with_suffix(".idx"))
+        if not Path(idx).is_file():
+            raise PipelineError(f"{tar}: no DALI index file {idx} beside it; 'clvr shard' writes one, "
+                                "and DALI's tools/wds2idx.py makes one for a foreign tar")
+        shards.append(Shard(tar, idx))
+    # Use the manifest of the folder when the tars are (a subset of) a clvr shard set's shards.
+    found = _manifest_for(tars)
+    first = 0
+    components: set[str] = set()
+    for s in shards:
+        entries = read_index(s.index, s.tar)
+        s.samples = len(entries)
+        known = found.get(os.path.abspath(s.tar)) if found else None
+        s.first_index = known["first_index"] if known else None
+        if entries:
+            components |= set(entries[0].components)
+        first += s.samples
+    manifest = next(iter(found.values()))["_manifest"] if found else None
+    classes = (manifest or {}).get("classes") or None
+    return ShardSet(spec=spec, shards=shards, manifest=manifest,
+                    classes=list(classes["names"]) if classes else None,
+                    categories=((manifest or {}).get("categories") or {}).get("names")
+                    if isinstance((manifest or {}).get("categories"), dict) else None,
+                    components=components, num_samples=first,
+                    kind=(manifest or {}).get("kind"))
+
+
+def _manifest_for(tars: list[str]) -> dict:
+    """Manifest entries (by absolute tar path) when every tar belongs to the same clvr shard set."""
+    dirs = {os.path.dirname(os.path.abspath(t)) for t in tars}
+    if len(dirs) != 1:
+        return {}
+    directory = Path(dirs.pop())
+    try:
+        manifest = read_manifest(directory)
+    except ShardError:
+        return {}
+    if "shards" not in manifest:
+        return {}
+    entries = {str(directory / s["name"]): dict(s, _manifest=manifest) for s in manifest["shards"]
+               if isinstance(s, dict) and isinstance(s.get("name"), str)}
+    if not all(os.path.abspath(t) in entries for t in tars):
+        return {}
+    return entries
+
+
+def _remote(spec: str, urls: list[str]) -> ShardSet:
+    return ShardSet(spec=spec, shards=[Shard(u, None) for u in urls], remote=True)
+
+
+def read_index(index_path: str, tar_path: str | None = None) -> list[IndexedSample]:
+    """Parse a DALI (wds2idx v1.2) index file; check it against the tar's size when given.
+
+    A component whose bytes run past the end of the tar means the shard was truncated after it
+    was written: the error names the shard and the first key cut off.
+    """
+    try:
+        lines = Path(index_path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{index_path}: cannot read the index file ({e})") from None
+    if not lines or not lines[0].startswith("v1.2 "):
+        raise PipelineError(f"{index_path}: not a DALI v1.2 index file (first line {lines[:1]!r})")
+    try:
+        count = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        raise PipelineError(f"{index_path}: bad header {lines[0]!r}") from None
+    body = [ln for ln in lines[1:] if ln.strip()]
+    if len(body) != count:
+        raise PipelineError(f"{index_path}: header says {count} samples but {len(body)} are listed")
+    size = os.path.getsize(tar_path) if tar_path else None
+    out = []
+    for n, line in enumerate(body, start=2):
+        parts = line.split()
+        if len(parts) % 4:
+            raise PipelineError(f"{index_path}:{n}: expected groups of 'ext offset size name'")
+        comps = {}
+        key = None
+        for i in range(0, len(parts), 4):
+            ext, off, length, name = parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]
+            key = name.split(".", 1)[0]
+            comps[ext] = (off, length)
+            if size is not None and off + length > size:
+                raise PipelineError(f"{tar_path}: truncated: key {key} ({name}) ends at byte "
+                                    f"{off + length} but the shard has {size} bytes")
+        out.append(IndexedSample(key or "", comps))
+    return out
