@@ -63,7 +63,7 @@ def rotate90(image, p: float):
     return fn.rotate(image, angle=angle, keep_size=True, interp_type=types.INTERP_NN)
 
 
-def color(image, recipe: Recipe):
+def color(image, recipe: Recipe, video: bool = False):
     """Colour jitter (probability ``jitter.p``) and grayscale (``grayscale.p``) in two passes."""
     j, g = recipe.jitter, recipe.grayscale
     if j.p <= 0 and g.p <= 0:
@@ -85,15 +85,15 @@ def color(image, recipe: Recipe):
     if (j.p > 0 and (j.hue > 0 or j.saturation > 0)) or g.p > 0:
         out = fn.hsv(out, hue=hue, saturation=saturation, dtype=types.UINT8)
     if j.p > 0 and (j.brightness > 0 or j.contrast > 0):
-        center = mean_luma(out)
+        center = mean_luma(out, video)
         out = fn.brightness_contrast(out, brightness=factor(j.brightness), contrast=factor(j.contrast),
                                      contrast_center=center, dtype=types.UINT8)
     return out
 
 
-def mean_luma(image):
-    """Per-sample mean ITU-R 601 luma (0-255) of an HWC image."""
-    means = fn.reductions.mean(fn.cast(image, dtype=types.FLOAT), axes=[0, 1])
+def mean_luma(image, video: bool = False):
+    """Per-sample mean ITU-R 601 luma (0-255) of an HWC image or (``video``) an FHWC clip."""
+    means = fn.reductions.mean(fn.cast(image, dtype=types.FLOAT), axes=[0, 1, 2] if video else [0, 1])
     return means[0] * LUMA[0] + means[1] * LUMA[1] + means[2] * LUMA[2]
 
 
@@ -167,10 +167,10 @@ def cutout(image, recipe: Recipe, side: int):
     return image
 
 
-def normalize(image, recipe: Recipe, mirror=None, layout: str = "CHW"):
+def normalize(image, recipe: Recipe, mirror=None, video: bool = False):
     """Scale to [0, 1], subtract mean, divide by std, and flip where ``mirror`` says; float CHW."""
     m = recipe.normalize
-    return fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout=layout,
+    return fn.crop_mirror_normalize(image, dtype=types.FLOAT, output_layout="FCHW" if video else "CHW",
                                     mean=[255.0 * v for v in m.mean], std=[255.0 * v for v in m.std],
                                     mirror=mirror if mirror is not None else 0)
 
@@ -185,9 +185,9 @@ def channel_drop(view, recipe: Recipe):
     return view * (fire * mask + (1.0 - fire))
 
 
-def photometric(image, recipe: Recipe, side: int):
+def photometric(image, recipe: Recipe, side: int, video: bool = False):
     """Every photometric step of the recipe (uint8 HWC in and out), in :data:`recipe.ORDER`."""
-    image = color(image, recipe)
+    image = color(image, recipe, video)
     image = gaussian_blur(image, recipe, side)
     image = solarize(image, recipe)
     image = sobel(image, recipe)
@@ -195,22 +195,24 @@ def photometric(image, recipe: Recipe, side: int):
     return image
 
 
-def view(image, recipe: Recipe, size: tuple[int, int] | None = None, photometric_in_graph: bool = True):
+def view(image, recipe: Recipe, size: tuple[int, int] | None = None, photometric_in_graph: bool = True,
+         video: bool = False):
     """One augmented view of a decoded image: float CHW normalised (or uint8 CHW when the
     photometric part is left to the kornia stage, see :mod:`clvr.pipeline.kornia_stage`)."""
     size = size or (recipe.size, recipe.size)
-    return after_crop(crop(image, recipe, size), recipe, size, photometric_in_graph)
+    return after_crop(crop(image, recipe, size), recipe, size, photometric_in_graph, video)
 
 
-def after_crop(image, recipe: Recipe, size: tuple[int, int], photometric_in_graph: bool = True):
+def after_crop(image, recipe: Recipe, size: tuple[int, int], photometric_in_graph: bool = True,
+               video: bool = False):
     """Everything of the recipe but the crop, on an image already at ``size``."""
     out = rotate90(image, recipe.rotate.p)
     mirror = fn.random.coin_flip(probability=recipe.flip.p) if recipe.flip.p > 0 else None
     if not photometric_in_graph:
         out = cutout(out, recipe, min(size))
-        return fn.crop_mirror_normalize(out, dtype=types.UINT8, output_layout="CHW",
+        return fn.crop_mirror_normalize(out, dtype=types.UINT8, output_layout="FCHW" if video else "CHW",
                                         mirror=mirror if mirror is not None else 0)
-    out = photometric(out, recipe, min(size))
+    out = photometric(out, recipe, min(size), video)
     out = cutout(out, recipe, min(size))
-    out = normalize(out, recipe, mirror)
+    out = normalize(out, recipe, mirror, video)
     return channel_drop(out, recipe)

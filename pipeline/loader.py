@@ -330,12 +330,14 @@ class ViewLoader:
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        if "Error" in ln or "error" in ln:
-            return ln.strip()
-    return lines[0] if lines else type(e).__name__
+    """The useful part of a DALI error: the operator and what it encountered."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    op = next((ln.rstrip(",") for ln in lines if ln.startswith("Error in")), None)
+    noise = ("Critical error", "Current pipeline object", "which was used", "encountered", "File ",
+             "Error in")
+    detail = [ln for ln in lines if not ln.startswith(noise) and not ln.startswith("^")]
+    text = "; ".join(x for x in (op, detail[-1] if detail else None) if x)
+    return text or (lines[0] if lines else type(e).__name__)
 
 
 def _dense(tl, device: torch.device) -> torch.Tensor:

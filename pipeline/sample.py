@@ -37,10 +37,11 @@ class Context:
         """Recipe of view ``i`` (the last one repeats when there are more views than recipes)."""
         return self.recipes[min(i, len(self.recipes) - 1)]
 
-    def view(self, image, recipe: Recipe, size=None):
+    def view(self, image, recipe: Recipe, size=None, video: bool = False):
         """One augmented view of ``image`` by ``recipe``. Float CHW normalised, or uint8 CHW left
         for the kornia stage when ``photometric="kornia"``."""
-        return augment.view(image, recipe, size=size, photometric_in_graph=self.photometric == "dali")
+        return augment.view(image, recipe, size=size, photometric_in_graph=self.photometric == "dali",
+                            video=video)
 
 
 class Sample:
