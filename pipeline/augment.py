@@ -208,8 +208,7 @@ def after_crop(image, recipe: Recipe, size: tuple[int, int], photometric_in_grap
     """Everything of the recipe but the crop, on an image already at ``size``."""
     out = rotate90(image, recipe.rotate.p)
     mirror = fn.random.coin_flip(probability=recipe.flip.p) if recipe.flip.p > 0 else None
-    if not photometric_in_graph:
-        out = cutout(out, recipe, min(size))
+    if not photometric_in_graph:      # the kornia stage does the photometric part and cutout
         return fn.crop_mirror_normalize(out, dtype=types.UINT8, output_layout="FCHW" if video else "CHW",
                                         mirror=mirror if mirror is not None else 0)
     out = photometric(out, recipe, min(size), video)

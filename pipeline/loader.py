@@ -137,7 +137,8 @@ class ViewLoader:
                                    views=self.generator.num_recipes)
         self.ctx = Context(device=self.device, batch_size=batch_size, recipes=recipes,
                            photometric=photometric, seed=seed, classes=self.shards.classes,
-                           categories=self.shards.categories)
+                           categories=self.shards.categories,
+                           rng=torch.Generator().manual_seed((seed * 1_000_003 + self.rank) % (2 ** 63)))
         if self.shards.remote:
             raise PipelineError(f"{self.shards.spec}: remote shards are read by RemoteViewLoader")
         self.fields = reader_mod.fields_for(self.shards, set(self.generator.needs))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from nvidia.dali import fn, types
 
 from . import augment
@@ -28,6 +30,7 @@ class Context:
     seed: int = 0
     classes: list[str] | None = None
     categories: list | None = None
+    rng: torch.Generator | None = None   # device-step randomness (seeded per rank)
 
     @property
     def decoder_device(self) -> str:

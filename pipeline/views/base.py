@@ -55,7 +55,7 @@ class ViewGenerator:
         """Torch/kornia step on the device; the default applies the kornia photometric stage."""
         if ctx.photometric == "kornia":
             from .. import kornia_stage
-            batch = kornia_stage.apply(batch, self.photometric_recipes(ctx))
+            batch = kornia_stage.apply(batch, self.photometric_recipes(ctx), ctx.rng)
         return batch
 
     def photometric_recipes(self, ctx) -> dict[int, Recipe]:

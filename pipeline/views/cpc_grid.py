@@ -55,7 +55,6 @@ class CpcGrid(ViewGenerator):
             view = augment.normalize(augment.photometric(image, whole, o.side), whole)
         else:
             view = augment.after_crop(image, whole, (o.side, o.side), photometric_in_graph=False)
-        self._generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 11)
         return {"views": [view]}
 
     def on_device(self, batch, ctx):
@@ -63,22 +62,21 @@ class CpcGrid(ViewGenerator):
         image = batch.views[0]
         if ctx.photometric == "kornia":
             from .. import kornia_stage
-            image = kornia_stage.apply_recipe(image, r.replace(channel_drop={"p": 0.0}))
+            image = kornia_stage.apply_recipe(image, r.replace(channel_drop={"p": 0.0}), ctx.rng)
         # (B, C, side, side) -> (B, C, G, G, P, P) -> (B, G, G, C, P, P)
         end = (o.grid - 1) * o.stride + o.patch
         patches = image[:, :, :end, :end].unfold(2, o.patch, o.stride).unfold(3, o.patch, o.stride)
         patches = patches.permute(0, 2, 3, 1, 4, 5).contiguous()
         if o.patch_augment:
-            patches = self.augment_patches(patches, r)
+            patches = self.augment_patches(patches, r, ctx.rng)
         batch.views = (patches,)
         return batch
 
-    def augment_patches(self, patches: torch.Tensor, recipe) -> torch.Tensor:
+    def augment_patches(self, patches: torch.Tensor, recipe, gen: torch.Generator) -> torch.Tensor:
         """Independent flip and channel drop per patch, from the loader's seeded generator."""
         b, g1, g2, c, p, _ = patches.shape
         flat = patches.reshape(-1, c, p, p)
         n = flat.shape[0]
-        gen = self._generator
         if recipe.flip.p > 0:
             flip = (torch.rand(n, generator=gen) < recipe.flip.p).to(flat.device)
             flat = torch.where(flip[:, None, None, None], flat.flip(-1), flat)

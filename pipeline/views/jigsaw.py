@@ -75,7 +75,6 @@ class Jigsaw(ViewGenerator):
         cropped = augment.crop(image, jr, (o.side, o.side))
         big = augment.after_crop(cropped, jr, (o.side, o.side), ctx.photometric == "dali")
         self._jr = jr
-        self._generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 13)
         return {"views": [full, big]}
 
     def on_device(self, batch, ctx):
@@ -84,10 +83,10 @@ class Jigsaw(ViewGenerator):
         big = batch.views[1]
         if ctx.photometric == "kornia":
             from .. import kornia_stage
-            big = kornia_stage.apply_recipe(big, self._jr)
+            big = kornia_stage.apply_recipe(big, self._jr, ctx.rng)
         b = big.shape[0]
         cell = o.side // 3
-        gen = self._generator
+        gen = ctx.rng
         off = torch.randint(0, cell - o.patch + 1, (b, 9, 2), generator=gen)
         cells = torch.arange(9)
         top = (cells // 3) * cell + off[..., 0]            # (B, 9)

@@ -62,7 +62,7 @@ class ObjectCrops(ViewGenerator):
         return 2
 
     def photometric_recipes(self, ctx):
-        return {}
+        return {0: ctx.recipe(0)}
 
     def graph(self, sample, ctx):
         o = self.options

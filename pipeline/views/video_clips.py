@@ -61,7 +61,8 @@ class VideoClips(ViewGenerator):
         return self.options.clips
 
     def photometric_recipes(self, ctx):
-        return {}
+        # The kornia stage draws once per clip (frames share it) from the first clip's recipe.
+        return {0: ctx.recipe(0)}
 
     def graph(self, sample, ctx):
         o = self.options
