@@ -12,7 +12,8 @@ Where the choice of implementation could change a recipe's statistics, it is sai
   mean luma, as torchvision does), so torchvision's random order of the three changes nothing.
   The hue shift is a rotation of chroma in YIQ (luma kept) rather than a shift in HSV.
 - **grayscale** after jitter is folded into the same ``hsv`` op (saturation 0): desaturating
-  commutes with the jitter above, so the result equals jitter-then-grayscale.
+  commutes with the jitter above, so the result equals jitter-then-grayscale. DALI converts
+  through YIQ with rounded matrices, so the three channels agree to within one grey level.
 - **Gaussian blur** uses the recipe's kernel (``kernel`` x side, odd) but never more than
   ``2 * ceil(4 sigma) + 1`` taps: the taps beyond 4 sigma weigh under 1e-4 of the kernel, below
   half a grey level, so the output is the same to within one grey level (tested).

@@ -241,7 +241,12 @@ class ViewLoader:
                     f"one batch of {self.batch_size} per rank; lower the batch size or use last_batch='pad'")
         else:
             self.steps_per_epoch = self.stream_batches
-        self.view_names = self.generator.names()
+        made = sum(1 for n in self._output_names if n.startswith("view:"))
+        names = tuple(self.generator.names()) or tuple(f"view{i}" for i in range(made))
+        if len(names) != made:
+            raise PipelineError(f"view generator {self.generator.name!r} names {len(names)} views "
+                                f"({', '.join(names)}) but its graph returned {made}")
+        self.view_names = names
 
     # -- iteration ----------------------------------------------------------------------------
 

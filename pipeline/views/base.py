@@ -46,7 +46,7 @@ class ViewGenerator:
     @property
     def num_recipes(self) -> int:
         """How many per-view recipes the generator takes (one recipe is repeated)."""
-        return len(self.names())
+        return max(1, len(self.names()))
 
     def graph(self, sample, ctx) -> dict:
         raise NotImplementedError
