@@ -148,6 +148,7 @@ class ViewLoader:
         self._index_files = self._check_shards()
         self.epoch = 0
         self._pos = 0                       # batches of the current stream epoch already run
+        self._runs = 0                      # batches run by the current DALI pipeline
         self._build()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -265,6 +266,8 @@ class ViewLoader:
             self._drain()
         epoch = self.epoch
         for step in range(self.steps_per_epoch):
+            if step >= self.steps_per_epoch:      # a skip rebuilt the pipeline with fewer samples
+                break
             outs = self._run()
             batch = self._batch(outs, epoch, step, first=step * self.batch_size)
             if self.last_batch == "partial" and not bool(batch.valid.all()):
@@ -277,18 +280,49 @@ class ViewLoader:
             self._run()
 
     def _run(self):
-        try:
-            outs = self.pipe.run()
-        except RuntimeError as e:
-            raise self._diagnose(e) from None
+        while True:
+            try:
+                outs = self.pipe.run()
+                break
+            except RuntimeError as e:
+                self._recover(e)
+        self._runs += 1
         self._pos += 1
         if self._pos == self.stream_batches:
             self._pos = 0
             self.epoch += 1
         return outs
 
-    def _diagnose(self, error: Exception) -> PipelineError:
-        return PipelineError(f"{self.shards.spec}: reading failed: {_first_line(error)}")
+    def _recover(self, error: Exception) -> None:
+        """Name the sample behind a DALI error; under ``on_error="skip"`` exclude it and go on.
+
+        Skipping rebuilds the pipeline without the bad samples. Its stream starts afresh, so the
+        epoch in which a bad sample is found is not exact (its remaining steps come from the new
+        stream); every later epoch is. ``clvr shard verify`` finds such samples beforehand.
+        """
+        from .diagnose import find_bad
+        message = _first_line(error)
+        try:
+            bad = find_bad(self, self._runs)
+        except Exception as e:  # the diagnosis must not hide the original error
+            bad = []
+            message += f" (could not locate the sample: {_first_line(e)})"
+        if not bad:
+            raise PipelineError(f"{self.shards.spec}: reading failed: {message}") from None
+        if self.on_error == "raise":
+            tar, key, reason = bad[0]
+            more = f" (and {len(bad) - 1} more in the same batches)" if len(bad) > 1 else ""
+            raise SampleError(f"{tar}: key {key}: {reason}{more}; use on_error='skip' (--on-error skip) "
+                              "to skip and count bad samples", tar, key) from None
+        for tar, key, reason in bad:
+            if (tar, key) not in self._excluded:
+                self._excluded.add((tar, key))
+                self.skipped.append({"shard": tar, "key": key, "reason": reason})
+        self.pipe = None
+        self._index_files = self._check_shards()
+        self._runs = 0
+        self._pos = 0
+        self._build()
 
     # -- conversion ---------------------------------------------------------------------------
 

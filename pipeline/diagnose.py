@@ -1,0 +1,133 @@
+"""Naming the sample behind a DALI error.
+
+When DALI fails on a batch (a sample that became corrupt after sharding, a component with the
+wrong size), its message names an operator, not a sample. The loader then asks this module which
+sample it was:
+
+1. a *shadow* reader (the same reader, seed and index files, reading only ``index.i64``) replays
+   the stream up to the failing run and lists the samples of the batches that were in flight;
+2. each of those samples is read straight from its tar (offsets from the index file) and checked
+   on its own: component sizes, then a decode of the image or video.
+
+The result is the shard and key of every bad sample among them.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+
+from clvr.shards import format as F
+
+from . import reader as reader_mod
+from .source import read_index
+
+
+def in_flight(shards, opts, index_files, batch_size: int, runs_done: int, ahead: int) -> list[int]:
+    """Global indices of the batches ``runs_done .. runs_done + ahead`` of the reader's stream."""
+    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None, seed=0, prefetch_queue_depth=1)
+    def shadow():
+        return reader_mod.read(shards, ["index"], opts, index_files)["index"]
+
+    pipe = shadow()
+    pipe.build()
+    for _ in range(runs_done):
+        pipe.run()
+    out = []
+    for _ in range(ahead):
+        (idx,) = pipe.run()
+        out += [int(np.asarray(idx[i]).reshape(-1)[0]) for i in range(len(idx))]
+    return out
+
+
+def locate(index_files, tars, keys: set[str]) -> dict[str, tuple[str, dict]]:
+    """key -> (tar, {ext: (offset, size)}) for the wanted keys."""
+    found = {}
+    for idx, tar in zip(index_files, tars):
+        for e in read_index(idx):
+            if e.key in keys:
+                found[e.key] = (tar, e.components)
+        if len(found) == len(keys):
+            break
+    return found
+
+
+def check_sample(tar: str, comps: dict, fields: list[str]) -> str | None:
+    """What is wrong with one sample (None if nothing found)."""
+    with open(tar, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        def data(ext):
+            off, size = comps[ext]
+            return bytes(m[off:off + size])
+
+        for ext, width in ((F.INDEX_EXT, 8), (F.LABEL_EXT, 8)):
+            if ext in comps and comps[ext][1] != width:
+                return f"{ext} has {comps[ext][1]} bytes, expected {width}"
+        if F.BOXES_EXT in comps:
+            nb = comps[F.BOXES_EXT][1]
+            if nb % 16:
+                return f"{F.BOXES_EXT} has {nb} bytes, not a multiple of 16 (K x 4 float32)"
+            if F.BOXCLS_EXT in comps and comps[F.BOXCLS_EXT][1] != nb // 2:
+                return (f"{F.BOXCLS_EXT} has {comps[F.BOXCLS_EXT][1]} bytes for {nb // 16} boxes "
+                        f"(expected {nb // 2})")
+        image_ext = next((e for e in F.IMAGE_EXTS if e in comps), None)
+        if "image" in fields and image_ext:
+            problem = _check_image(data(image_ext))
+            if problem:
+                return f"{image_ext}: {problem}"
+        video_ext = next((e for e in F.VIDEO_EXTS if e in comps), None)
+        if "video" in fields and video_ext:
+            problem = _dali_decode(data(video_ext), video=True)
+            if problem:
+                return f"{video_ext}: {problem}"
+    return None
+
+
+def _check_image(blob: bytes) -> str | None:
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            im.load()
+    except Exception as e:
+        reason = "not a recognisable image" if type(e).__name__ == "UnidentifiedImageError" else str(e)
+        return f"cannot be decoded ({reason})"
+    return _dali_decode(blob, video=False)
+
+
+def _dali_decode(blob: bytes, video: bool) -> str | None:
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    def one():
+        enc = fn.external_source(source=lambda: [np.frombuffer(blob, np.uint8)], batch=True,
+                                 dtype=types.UINT8)
+        if video:
+            return fn.decoders.video(enc, device="cpu")
+        return fn.decoders.image(enc, device="cpu", output_type=types.RGB)
+
+    pipe = one()
+    pipe.build()             # a failure here is clvr's, not the sample's: let it propagate
+    try:
+        pipe.run()
+    except Exception as e:
+        from .loader import _first_line
+        return f"DALI cannot decode it ({_first_line(e)})"
+    return None
+
+
+def find_bad(loader, runs_done: int) -> list[tuple[str, str, str]]:
+    """(tar, key, reason) of the bad samples among the batches in flight when DALI failed."""
+    opts = reader_mod.ReadOptions(rank=loader.rank, world_size=loader.world_size, shuffle=loader.shuffle,
+                                  shuffle_buffer=loader.shuffle_buffer, seed=loader.seed)
+    ahead = loader.prefetch + 2
+    indices = in_flight(loader.shards, opts, loader._index_files, loader.batch_size, runs_done, ahead)
+    keys = {f"{i:0{F.KEY_DIGITS}d}" for i in indices}
+    tars = [s.tar for s in loader.shards.shards]
+    where = locate(loader._index_files, tars, keys)
+    bad = []
+    for key in sorted(where):
+        tar, comps = where[key]
+        reason = check_sample(tar, comps, loader.fields)
+        if reason:
+            bad.append((tar, key, reason))
+    return bad
