@@ -2,8 +2,8 @@
 
 With ``photometric="kornia"`` the DALI graph does the geometry (crop, resize, rotation, flip)
 and hands over uint8 CHW views; this stage then applies, per sample and with the recipe's
-probabilities: colour jitter (brightness, contrast, saturation, hue in a random order per sample,
-as torchvision), grayscale, channel drop, Gaussian blur, solarize, Sobel, Gaussian noise and
+probabilities: colour jitter (brightness, contrast, saturation, hue in a random order, drawn once
+per batch), grayscale, channel drop, Gaussian blur, solarize, Sobel, Gaussian noise and
 cutout, and finally normalises. It runs wherever the tensors are (the GPU in training), batched,
 so it is both an alternative backend and the home of ops DALI lacks.
 
@@ -23,12 +23,15 @@ import torch
 from .recipe import Recipe
 
 
-def _u(n, lo, hi, gen, device):
-    return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(device)
+def _uniform(x, lo, hi, gen, group):
+    """One draw in [lo, hi) per group of ``group`` consecutive images of ``x``, per image."""
+    u = torch.rand(x.shape[0] // group, generator=gen) * (hi - lo) + lo
+    return u.repeat_interleave(group, 0).to(x.device)
 
 
-def _fires(n, p, gen, device):
-    return (torch.rand(n, generator=gen) < p).to(device)
+def _coin(x, p, gen, group):
+    """One draw of an event of probability ``p`` per group of images, per image (bool)."""
+    return _uniform(x, 0.0, 1.0, gen, group) < p
 
 
 def _where(mask, a, b):
@@ -39,21 +42,19 @@ def color_jitter(x: torch.Tensor, recipe: Recipe, gen, group: int = 1) -> torch.
     j = recipe.jitter
     if j.p <= 0:
         return x
-    n, dev = x.shape[0] // group, x.device
-    expand = lambda t: t.repeat_interleave(group, 0)  # noqa: E731
-    fire = expand(_fires(n, j.p, gen, dev))
+    fire = _coin(x, j.p, gen, group)
     ops = []
     if j.brightness > 0:
-        f = expand(_u(n, max(0.0, 1 - j.brightness), 1 + j.brightness, gen, dev))
+        f = _uniform(x, max(0.0, 1 - j.brightness), 1 + j.brightness, gen, group)
         ops.append(lambda y, f=f: kornia.enhance.adjust_brightness(y, f - 1.0))
     if j.contrast > 0:
-        f = expand(_u(n, max(0.0, 1 - j.contrast), 1 + j.contrast, gen, dev))
+        f = _uniform(x, max(0.0, 1 - j.contrast), 1 + j.contrast, gen, group)
         ops.append(lambda y, f=f: _contrast(y, f))
     if j.saturation > 0:
-        f = expand(_u(n, max(0.0, 1 - j.saturation), 1 + j.saturation, gen, dev))
+        f = _uniform(x, max(0.0, 1 - j.saturation), 1 + j.saturation, gen, group)
         ops.append(lambda y, f=f: kornia.enhance.adjust_saturation(y, f))
     if j.hue > 0:
-        f = expand(_u(n, -j.hue, j.hue, gen, dev)) * 2 * math.pi
+        f = _uniform(x, -j.hue, j.hue, gen, group) * 2 * math.pi
         ops.append(lambda y, f=f: kornia.enhance.adjust_hue(y, f))
     order = torch.randperm(len(ops), generator=gen).tolist()  # one order per batch
     out = x
@@ -72,7 +73,7 @@ def grayscale(x, recipe: Recipe, gen, group: int = 1):
     p = recipe.grayscale.p
     if p <= 0:
         return x
-    fire = _fires(x.shape[0] // group, p, gen, x.device).repeat_interleave(group, 0)
+    fire = _coin(x, p, gen, group)
     gray = kornia.color.rgb_to_grayscale(x).expand_as(x)
     return _where(fire, gray, x)
 
@@ -81,9 +82,8 @@ def gaussian_blur(x, recipe: Recipe, gen, group: int = 1):
     b = recipe.blur
     if b.p <= 0:
         return x
-    n = x.shape[0] // group
-    fire = _fires(n, b.p, gen, x.device).repeat_interleave(group, 0)
-    sigma = _u(n, b.sigma[0], b.sigma[1], gen, x.device).repeat_interleave(group, 0)
+    fire = _coin(x, b.p, gen, group)
+    sigma = _uniform(x, b.sigma[0], b.sigma[1], gen, group)
     side = min(x.shape[-2:])
     k = max(3, int(round(side * b.kernel)))
     k = k if k % 2 else k + 1
@@ -95,7 +95,7 @@ def solarize(x, recipe: Recipe, gen, group: int = 1):
     s = recipe.solarize
     if s.p <= 0:
         return x
-    fire = _fires(x.shape[0] // group, s.p, gen, x.device).repeat_interleave(group, 0)
+    fire = _coin(x, s.p, gen, group)
     t = s.threshold / 255.0
     return _where(fire, torch.where(x >= t, 1.0 - x, x), x)
 
@@ -103,7 +103,7 @@ def solarize(x, recipe: Recipe, gen, group: int = 1):
 def sobel(x, recipe: Recipe, gen, group: int = 1):
     if recipe.sobel.p <= 0:
         return x
-    fire = _fires(x.shape[0] // group, recipe.sobel.p, gen, x.device).repeat_interleave(group, 0)
+    fire = _coin(x, recipe.sobel.p, gen, group)
     mag = kornia.filters.sobel(kornia.color.rgb_to_grayscale(x), normalized=False)
     mag = (mag / (4.0 * math.sqrt(2.0)) * 4.0).clamp(0, 1).expand_as(x)
     return _where(fire, mag, x)
@@ -113,9 +113,8 @@ def noise(x, recipe: Recipe, gen, group: int = 1):
     nz = recipe.noise
     if nz.p <= 0:
         return x
-    n = x.shape[0] // group
-    fire = _fires(n, nz.p, gen, x.device).repeat_interleave(group, 0)
-    std = (_u(n, nz.std[0], nz.std[1], gen, x.device) / 255.0).repeat_interleave(group, 0)
+    fire = _coin(x, nz.p, gen, group)
+    std = _uniform(x, nz.std[0], nz.std[1], gen, group) / 255.0
     eps = torch.randn(x.shape, generator=gen).to(x.device)
     return _where(fire, (x + eps * std.view(-1, 1, 1, 1)).clamp(0, 1), x)
 
@@ -124,17 +123,16 @@ def cutout(x, recipe: Recipe, gen, group: int = 1):
     c = recipe.cutout
     if c.p <= 0:
         return x
-    n, (h, w) = x.shape[0] // group, x.shape[-2:]
-    side = min(h, w)
-    fire = _fires(n, c.p, gen, x.device)
-    edge = (_u(n, c.size[0], c.size[1], gen, "cpu") * side).round()
-    top = (torch.rand(n, generator=gen) * (h - edge)).floor()
-    left = (torch.rand(n, generator=gen) * (w - edge)).floor()
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
+    h, w = x.shape[-2:]
+    fire = _coin(x, c.p, gen, group)
+    edge = (_uniform(x, c.size[0], c.size[1], gen, group) * min(h, w)).round()
+    top = (_uniform(x, 0.0, 1.0, gen, group) * (h - edge)).floor()
+    left = (_uniform(x, 0.0, 1.0, gen, group) * (w - edge)).floor()
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
     box = (ys >= top.view(-1, 1, 1)) & (ys < (top + edge).view(-1, 1, 1)) & \
           (xs >= left.view(-1, 1, 1)) & (xs < (left + edge).view(-1, 1, 1))
-    box = (box.to(x.device) & fire.view(-1, 1, 1)).repeat_interleave(group, 0)
+    box = box & fire.view(-1, 1, 1)
     return torch.where(box[:, None], torch.full_like(x, c.fill / 255.0), x)
 
 
@@ -142,11 +140,9 @@ def channel_drop(x, recipe: Recipe, gen, group: int = 1):
     """Keep one random channel; the other two become the normalisation mean (0 after it)."""
     if recipe.channel_drop.p <= 0:
         return x
-    n = x.shape[0] // group
-    fire = _fires(n, recipe.channel_drop.p, gen, "cpu")
-    keep = torch.randint(0, 3, (n,), generator=gen)
-    mask = torch.nn.functional.one_hot(keep, 3).bool() | ~fire[:, None]
-    mask = mask.repeat_interleave(group, 0).to(x.device)
+    fire = _coin(x, recipe.channel_drop.p, gen, group)
+    keep = torch.randint(0, 3, (x.shape[0] // group,), generator=gen).repeat_interleave(group, 0)
+    mask = torch.nn.functional.one_hot(keep, 3).bool().to(x.device) | ~fire[:, None]
     mean = torch.tensor(recipe.normalize.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return torch.where(mask[:, :, None, None], x, mean.expand_as(x))
 
@@ -168,12 +164,11 @@ def apply_recipe(x: torch.Tensor, recipe: Recipe, gen: torch.Generator | None = 
     return ((y - mean) / std).reshape(shape)
 
 
-def apply(batch, recipes: dict, gen: torch.Generator | None = None):
-    """Apply ``recipes[i]`` to view ``i`` of a batch (views not listed are left as they are)."""
+def apply(batch, recipes: dict, gen: torch.Generator | None = None, group: int = 1):
+    """Apply ``recipes[i]`` to view ``i`` of a batch (views not listed are left as they are);
+    every ``group`` consecutive images share one draw (the frames of a clip)."""
     views = list(batch.views)
     for i, recipe in recipes.items():
-        v = views[i]
-        group = v.shape[-4] if v.dim() == 6 and batch.kind == "video_clips" else 1
-        views[i] = apply_recipe(v, recipe, gen, group)
+        views[i] = apply_recipe(views[i], recipe, gen, group)
     batch.views = tuple(views)
     return batch

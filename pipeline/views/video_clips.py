@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
-from .. import augment
 from ..errors import PipelineError
 from .base import ViewGenerator
 from .registry import register_view
@@ -60,9 +59,12 @@ class VideoClips(ViewGenerator):
     def num_recipes(self):
         return self.options.clips
 
-    def photometric_recipes(self, ctx):
-        # The kornia stage draws once per clip (frames share it) from the first clip's recipe.
-        return {0: ctx.recipe(0)}
+    def on_device(self, batch, ctx):
+        # The kornia stage draws once per clip (its frames share the draw), by the first recipe.
+        if ctx.photometric == "kornia":
+            from .. import kornia_stage
+            batch = kornia_stage.apply(batch, {0: ctx.recipe(0)}, ctx.rng, group=self.options.frames)
+        return batch
 
     def graph(self, sample, ctx):
         o = self.options
