@@ -23,6 +23,7 @@ from nvidia.dali import fn, pipeline_def, types
 from clvr.shards import format as F
 
 from . import reader as reader_mod
+from .errors import dali_message
 from .source import read_index
 
 
@@ -110,8 +111,7 @@ def _dali_decode(blob: bytes, video: bool) -> str | None:
     try:
         pipe.run()
     except Exception as e:
-        from .loader import _first_line
-        return f"DALI cannot decode it ({_first_line(e)})"
+        return f"DALI cannot decode it ({dali_message(e)})"
     return None
 
 
@@ -122,8 +122,7 @@ def find_bad(loader, runs_done: int) -> list[tuple[str, str, str]]:
     ahead = loader.prefetch + 2
     indices = in_flight(loader.shards, opts, loader._index_files, loader.batch_size, runs_done, ahead)
     keys = {f"{i:0{F.KEY_DIGITS}d}" for i in indices}
-    tars = [s.tar for s in loader.shards.shards]
-    where = locate(loader._index_files, tars, keys)
+    where = locate(loader._index_files, loader.shards.tars, keys)
     bad = []
     for key in sorted(where):
         tar, comps = where[key]

@@ -12,3 +12,14 @@ class SampleError(PipelineError):
         super().__init__(message)
         self.shard = shard
         self.key = key
+
+
+def dali_message(e: Exception) -> str:
+    """The useful part of a DALI error: the operator and what it encountered."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    op = next((ln.rstrip(",") for ln in lines if ln.startswith("Error in")), None)
+    noise = ("Critical error", "Current pipeline object", "which was used", "encountered", "File ",
+             "Error in")
+    detail = [ln for ln in lines if not ln.startswith(noise) and not ln.startswith("^")]
+    text = "; ".join(x for x in (op, detail[-1] if detail else None) if x)
+    return text or (lines[0] if lines else type(e).__name__)

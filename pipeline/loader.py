@@ -42,7 +42,7 @@ from nvidia.dali.backend import TensorListGPU
 from . import reader as reader_mod
 from . import recipe as recipe_mod
 from .batch import ViewBatch
-from .errors import PipelineError, SampleError
+from .errors import PipelineError, SampleError, dali_message
 from .sample import Context, Sample
 from .source import ShardSet, read_index, resolve
 from .views import get_view
@@ -159,6 +159,7 @@ class ViewLoader:
         (filtered copies when samples are excluded under ``on_error="skip"``)."""
         need_exts = [reader_mod.FIELDS[f][0].split(";") for f in self.fields]
         out = []
+        kept = 0
         for shard in self.shards.shards:
             entries = read_index(shard.index, shard.tar)
             bad = []
@@ -175,14 +176,10 @@ class ViewLoader:
                 if (shard.tar, e.key) in self._excluded:
                     bad.append((e.key, None))
             out.append(self._filtered_index(shard, entries, bad))
-        if sum(1 for _ in out) and all(self._count(i) == 0 for i in out):
+            kept += len(entries) - len({key for key, _ in bad})
+        if kept == 0:
             raise PipelineError(f"{self.shards.spec}: no samples left to read")
         return out
-
-    @staticmethod
-    def _count(index_file: str) -> int:
-        with open(index_file) as f:
-            return int(f.readline().split()[1])
 
     def _filtered_index(self, shard, entries, bad) -> str:
         if not bad:
@@ -228,7 +225,7 @@ class ViewLoader:
         try:
             self.pipe.build()
         except RuntimeError as e:
-            raise PipelineError(f"{shards.spec}: DALI could not build the pipeline: {_first_line(e)}") from None
+            raise PipelineError(f"{shards.spec}: DALI could not build the pipeline: {dali_message(e)}") from None
         meta = self.pipe.reader_meta(reader_mod.READER_NAME)
         self.num_samples = int(meta["epoch_size"])
         self.part_sizes = reader_mod.part_sizes(self.num_samples, self.world_size)
@@ -301,12 +298,12 @@ class ViewLoader:
         stream); every later epoch is. ``clvr shard verify`` finds such samples beforehand.
         """
         from .diagnose import find_bad
-        message = _first_line(error)
+        message = dali_message(error)
         try:
             bad = find_bad(self, self._runs)
         except Exception as e:  # the diagnosis must not hide the original error
             bad = []
-            message += f" (could not locate the sample: {_first_line(e)})"
+            message += f" (could not locate the sample: {dali_message(e)})"
         if not bad:
             raise PipelineError(f"{self.shards.spec}: reading failed: {message}") from None
         if self.on_error == "raise":
@@ -367,17 +364,6 @@ class ViewLoader:
             self.close()
         except Exception:
             pass
-
-
-def _first_line(e: Exception) -> str:
-    """The useful part of a DALI error: the operator and what it encountered."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    op = next((ln.rstrip(",") for ln in lines if ln.startswith("Error in")), None)
-    noise = ("Critical error", "Current pipeline object", "which was used", "encountered", "File ",
-             "Error in")
-    detail = [ln for ln in lines if not ln.startswith(noise) and not ln.startswith("^")]
-    text = "; ".join(x for x in (op, detail[-1] if detail else None) if x)
-    return text or (lines[0] if lines else type(e).__name__)
 
 
 def _dense(tl, device: torch.device) -> torch.Tensor:

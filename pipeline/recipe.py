@@ -124,7 +124,6 @@ class Normalize:
 # with every photometric op), which saves one pass over the pixels.
 ORDER = ("crop", "flip", "rotate", "jitter", "grayscale", "channel_drop", "blur", "solarize",
          "sobel", "noise", "cutout", "normalize")
-PHOTOMETRIC = ("jitter", "grayscale", "channel_drop", "blur", "solarize", "sobel", "noise")
 
 
 @dataclass

@@ -87,20 +87,6 @@ class ShardSet:
     def index_files(self) -> list[str]:
         return [s.index for s in self.shards]
 
-    def shard_of(self, index: int) -> Shard | None:
-        """The shard holding global sample ``index`` (needs first_index, as manifests give)."""
-        for s in self.shards:
-            if s.first_index is not None and s.samples is not None and \
-                    s.first_index <= index < s.first_index + s.samples:
-                return s
-        return None
-
-    def describe(self, index: int) -> str:
-        """'SHARD key KEY' for error messages."""
-        shard = self.shard_of(int(index))
-        where = shard.tar if shard else f"shard set {self.spec}"
-        return f"{where}, key {int(index):09d}"
-
 
 def resolve(spec, split: str | None = None) -> ShardSet:
     """Turn a spec (see the module doc) into a :class:`ShardSet`. Errors name the path at fault."""
@@ -149,13 +135,19 @@ def _from_manifest(path: Path, split: str | None) -> ShardSet:
               for s in manifest["shards"]]
     if not shards:
         raise PipelineError(f"{directory / MANIFEST_NAME}: the shard set has no shards (0 samples)")
+    return ShardSet(spec=str(path), shards=shards, components=set(manifest.get("components") or {}),
+                    num_samples=manifest["totals"]["samples"], **_described_by(manifest))
+
+
+def _described_by(manifest: dict | None) -> dict:
+    """The ShardSet fields a manifest gives beyond the shard list: classes, categories, kind."""
+    manifest = manifest or {}
     classes = manifest.get("classes") or None
     categories = manifest.get("categories") or None
-    return ShardSet(spec=str(path), shards=shards, manifest=manifest,
-                    classes=list(classes["names"]) if classes else None,
-                    categories=categories["names"] if isinstance(categories, dict) else categories,
-                    components=set(manifest.get("components") or {}),
-                    num_samples=manifest["totals"]["samples"], kind=manifest.get("kind"))
+    return {"manifest": manifest or None,
+            "classes": list(classes["names"]) if classes else None,
+            "categories": categories["names"] if isinstance(categories, dict) else categories,
+            "kind": manifest.get("kind")}
 
 
 def _from_tars(spec: str, tars: list[str]) -> ShardSet:
@@ -170,24 +162,15 @@ def _from_tars(spec: str, tars: list[str]) -> ShardSet:
         shards.append(Shard(tar, idx))
     # Use the manifest of the folder when the tars are (a subset of) a clvr shard set's shards.
     found = _manifest_for(tars)
-    first = 0
     components: set[str] = set()
     for s in shards:
-        entries = read_index(s.index, s.tar)
-        s.samples = len(entries)
+        s.samples, first = index_summary(s.index)
         known = found.get(os.path.abspath(s.tar)) if found else None
         s.first_index = known["first_index"] if known else None
-        if entries:
-            components |= set(entries[0].components)
-        first += s.samples
+        components |= first
     manifest = next(iter(found.values()))["_manifest"] if found else None
-    classes = (manifest or {}).get("classes") or None
-    return ShardSet(spec=spec, shards=shards, manifest=manifest,
-                    classes=list(classes["names"]) if classes else None,
-                    categories=((manifest or {}).get("categories") or {}).get("names")
-                    if isinstance((manifest or {}).get("categories"), dict) else None,
-                    components=components, num_samples=first,
-                    kind=(manifest or {}).get("kind"))
+    return ShardSet(spec=spec, shards=shards, components=components,
+                    num_samples=sum(s.samples for s in shards), **_described_by(manifest))
 
 
 def _manifest_for(tars: list[str]) -> dict:
@@ -211,6 +194,22 @@ def _manifest_for(tars: list[str]) -> dict:
 
 def _remote(spec: str, urls: list[str]) -> ShardSet:
     return ShardSet(spec=spec, shards=[Shard(u, None) for u in urls], remote=True)
+
+
+def index_summary(index_path: str) -> tuple[int, set[str]]:
+    """(sample count, components of the first sample) from an index file's first two lines.
+
+    The full check of every line (:func:`read_index`) is the loader's, once, at start-up.
+    """
+    try:
+        with open(index_path) as f:
+            header, line = f.readline().split(), f.readline().split()
+        count = int(header[1]) if header[:1] == ["v1.2"] else None
+    except (OSError, UnicodeDecodeError, ValueError, IndexError) as e:
+        raise PipelineError(f"{index_path}: cannot read the index file ({e})") from None
+    if count is None:
+        raise PipelineError(f"{index_path}: not a DALI v1.2 index file (first line {' '.join(header)!r})")
+    return count, set(line[0::4])
 
 
 def read_index(index_path: str, tar_path: str | None = None) -> list[IndexedSample]:

@@ -7,8 +7,9 @@ read when ``caption="random"`` (default), or the first with ``caption="first"``.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
+
+import torch
 
 from ..errors import PipelineError
 from .base import ViewGenerator
@@ -28,16 +29,15 @@ class ImageText(ViewGenerator):
     def check(self):
         if self.options.caption not in ("random", "first"):
             raise PipelineError(f"image_text: caption = {self.options.caption!r}; choose random or first")
-        self._rng = random.Random(0)
 
     def graph(self, sample, ctx):
         r = ctx.recipe(0)
         size = self.options.size or r.size
-        self._rng = random.Random(ctx.seed * 31 + 7)
         return {"views": [ctx.view(sample.image, r, (size, size))]}
 
     def on_device(self, batch, ctx):
         if batch.text is not None:
             lines = [[ln for ln in t.splitlines() if ln.strip()] or [""] for t in batch.text]
-            batch.text = [ls[0] if self.options.caption == "first" else self._rng.choice(ls) for ls in lines]
+            batch.text = [ls[0] if self.options.caption == "first" else
+                          ls[int(torch.randint(len(ls), (1,), generator=ctx.rng))] for ls in lines]
         return super().on_device(batch, ctx)

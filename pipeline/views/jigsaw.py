@@ -70,8 +70,8 @@ class Jigsaw(ViewGenerator):
         o, r = self.options, ctx.recipe(0)
         image = sample.image
         full = ctx.view(image, r)
-        jr = r.replace(crop={"scale": list(o.scale), "p": 1.0}, flip={"p": r.flip.p},
-                       blur={"p": 0.0}, cutout={"p": 0.0}, rotate={"p": 0.0})
+        jr = r.replace(crop={"scale": list(o.scale), "p": 1.0}, blur={"p": 0.0}, cutout={"p": 0.0},
+                       rotate={"p": 0.0})
         cropped = augment.crop(image, jr, (o.side, o.side))
         big = augment.after_crop(cropped, jr, (o.side, o.side), ctx.photometric == "dali")
         self._jr = jr

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
-from .. import augment
 from ..errors import PipelineError
 from .base import ViewGenerator
 from .registry import register_view
@@ -75,10 +74,11 @@ class ObjectCrops(ViewGenerator):
         n = fn.cast(sample.boxes.shape()[0], dtype=types.FLOAT)
         has = fn.cast(n > 0.0, dtype=types.FLOAT)
         offset = dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * n)
+        modulus = dmath.max(n, 1.0)
         views, masks, categories, picked = [], [], [], []
         for k in range(o.objects):
-            pick = (offset + dmath.floor(float(k) * n / float(o.objects))) - \
-                dmath.floor((offset + dmath.floor(float(k) * n / float(o.objects))) / dmath.max(n, 1.0)) * dmath.max(n, 1.0)
+            step = offset + dmath.floor(float(k) * n / float(o.objects))
+            pick = step - dmath.floor(step / modulus) * modulus                  # step mod n
             row = fn.cast(has * pick + (1.0 - has) * n, dtype=types.INT64)   # the whole-image row if none
             box = boxes[row]
             x, y, w, h = self.jitter(box[0], box[1], box[2], box[3], width, height)
