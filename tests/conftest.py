@@ -79,6 +79,27 @@ def demo_shards(clvr, tmp_path: Path, limit: int = 40, shard_size: int = 16) -> 
     return out
 
 
+def make_demo(out: Path, demo: str = "digits", limit: int = 40, shard_size: int | None = None) -> Path:
+    """Shard a demo set into ``out`` (for module-scoped fixtures, where ``clvr`` is not available)."""
+    from clvr.cli import main
+    args = ["shard", "demo", demo, str(out), "--limit", str(limit), "--no-progress", "--workers", "1"]
+    if shard_size:
+        args += ["--shard-size", str(shard_size)]
+    assert main(args) == 0
+    return out
+
+
+def epoch_indices(loader, epochs: int) -> list[list[int]]:
+    """The global indices (padding left out) that ``loader`` yields in each of ``epochs`` epochs."""
+    out = []
+    for _ in range(epochs):
+        seen = []
+        for batch in loader:
+            seen += batch.index[batch.valid].tolist()
+        out.append(seen)
+    return out
+
+
 def edit_json(path: Path, change) -> None:
     """Load the JSON file, let ``change`` modify it in place, write it back."""
     obj = json.loads(path.read_text())

@@ -9,17 +9,14 @@ import pytest
 
 from clvr.pipeline import PipelineError, SampleError, ViewLoader
 from clvr.pipeline.source import read_index
+from conftest import epoch_indices as run_epochs, make_demo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
-    from clvr.cli import main
-    out = tmp_path_factory.mktemp("digits") / "d"
-    assert main(["shard", "demo", "digits", str(out), "--limit", "120", "--shard-size", "32",
-                 "--no-progress", "--workers", "1"]) == 0
-    return out / "train"
+    return make_demo(tmp_path_factory.mktemp("digits") / "d", limit=120, shard_size=32) / "train"
 
 
 @pytest.fixture
@@ -37,16 +34,6 @@ def corrupt_image(shard_dir: Path, shard: int, sample: int) -> str:
         f.seek(off + 8)
         f.write(b"\x00" * (size - 8))
     return entry.key
-
-
-def run_epochs(ld, n):
-    out = []
-    for _ in range(n):
-        seen = []
-        for b in ld:
-            seen += b.index[b.valid].tolist()
-        out.append(seen)
-    return out
 
 
 def test_corrupt_sample_is_named_by_shard_and_key(copy):

@@ -11,6 +11,7 @@ import torch
 
 from clvr.pipeline import PipelineError, ViewLoader
 from clvr.pipeline.views import available, get_view, register_view, ViewGenerator
+from conftest import make_demo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -37,10 +38,7 @@ import torch  # noqa: E402
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    from clvr.cli import main
-    out = tmp_path_factory.mktemp("digits") / "d"
-    assert main(["shard", "demo", "digits", str(out), "--limit", "30", "--no-progress", "--workers", "1"]) == 0
-    return out / "train"
+    return make_demo(tmp_path_factory.mktemp("digits") / "d", limit=30) / "train"
 
 
 @pytest.fixture

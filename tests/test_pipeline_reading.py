@@ -11,18 +11,14 @@ import pytest
 import torch
 
 from clvr.pipeline import PipelineError, ViewLoader
-from conftest import read_samples
+from conftest import epoch_indices as epochs, make_demo, read_samples
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    from clvr.cli import main
-    out = tmp_path_factory.mktemp("digits") / "d"
-    assert main(["shard", "demo", "digits", str(out), "--limit", "203", "--shard-size", "37",
-                 "--no-progress", "--workers", "1"]) == 0
-    return out
+    return make_demo(tmp_path_factory.mktemp("digits") / "d", limit=203, shard_size=37)
 
 
 def loader(data, **kw):
@@ -30,17 +26,6 @@ def loader(data, **kw):
     kw.setdefault("batch_size", 16)
     kw.setdefault("num_threads", 1)
     return ViewLoader(data, "two_view", **kw)
-
-
-def epochs(ld, n):
-    """Indices (valid only) of n epochs, each a list in yield order."""
-    out = []
-    for _ in range(n):
-        seen = []
-        for b in ld:
-            seen += b.index[b.valid].tolist()
-        out.append(seen)
-    return out
 
 
 def test_two_view_batch_shapes_dtypes_and_values(digits):

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from clvr.pipeline import PipelineError, ViewLoader
 from clvr.pipeline.views import available
 from clvr.pipeline.views.jigsaw import permutation_set
+from conftest import make_demo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 LO, HI = -0.485 / 0.229 - 1e-4, (1 - 0.406) / 0.225 + 1e-4     # range of normalised pixels
 
 
 def shard(tmp_path_factory, demo, limit):
-    from clvr.cli import main
-    out = tmp_path_factory.mktemp(demo) / "d"
-    assert main(["shard", "demo", demo, str(out), "--limit", str(limit), "--no-progress", "--workers", "1"]) == 0
-    return out / "train"
+    return make_demo(tmp_path_factory.mktemp(demo) / "d", demo, limit) / "train"
 
 
 @pytest.fixture(scope="module")
