@@ -218,3 +218,25 @@ def test_every_generator_is_deterministic_under_a_seed(objects, photometric):
     a, b, c = run(5), run(5), run(6)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
+
+
+def test_kornia_stage_draws_once_per_clip_in_video_clips():
+    # Identical frames in; the frames of one clip must come out identical (one draw per clip),
+    # while clips get their own draws.
+    from clvr.pipeline import recipe as R
+    from clvr.pipeline.batch import ViewBatch
+    from clvr.pipeline.sample import Context
+    from clvr.pipeline.views.video_clips import VideoClips
+
+    gen = VideoClips(clips=2, frames=3, size=8)
+    recipe = R.build({"base": "simclr", "size": 8, "jitter": {"p": 1.0}, "blur": {"p": 0.5}})
+    ctx = Context(recipes=recipe, photometric="kornia", rng=torch.Generator().manual_seed(0))
+    frame = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    clips = frame.expand(4, 2, 3, 3, 8, 8).clone()
+    batch = ViewBatch(views=(clips,), names=("clips",), index=torch.arange(4),
+                      label=torch.zeros(4, dtype=torch.int64), valid=torch.ones(4, dtype=torch.bool),
+                      kind="video_clips")
+    out = gen.on_device(batch, ctx)["clips"]
+    assert out.dtype == torch.float32 and out.shape == (4, 2, 3, 3, 8, 8)
+    assert torch.equal(out[:, :, 0], out[:, :, 1]) and torch.equal(out[:, :, 1], out[:, :, 2])
+    assert not torch.equal(out[:, 0], out[:, 1])
