@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from nvidia.dali import fn, types
@@ -31,6 +32,8 @@ class Context:
     classes: list[str] | None = None
     categories: list | None = None
     rng: torch.Generator | None = None   # device-step randomness (seeded per rank)
+    np_rng: np.random.Generator | None = None   # host-stage randomness (seeded per rank)
+    fused: bool = False                 # image views by the fused CPU kernel (see fused_views)
 
     @property
     def decoder_device(self) -> str:

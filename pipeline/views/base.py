@@ -5,6 +5,8 @@ A generator has two halves:
 - ``graph(sample, ctx)`` builds DALI nodes once, while the pipeline is defined. It returns
   ``{"views": [node, ...], "extras": {name: node}}``: the views (each batched on the first axis)
   and any per-sample tensors the method needs (a jigsaw permutation id, an object mask...).
+  On a CPU it may instead return ``{"views": [], "host": {name: node}}`` and make its views in
+  ``host_views`` (the fused CPU kernel of :mod:`clvr.pipeline.fused_views` does this).
 - ``on_device(batch, ctx)`` (optional) runs on the training device after the batch arrives as
   torch tensors: the place for torch/kornia work that DALI has no op for.
 
@@ -50,6 +52,11 @@ class ViewGenerator:
 
     def graph(self, sample, ctx) -> dict:
         raise NotImplementedError
+
+    def host_views(self, inputs: dict, ctx) -> tuple:
+        """Make the views on the host from the graph's ``"host"`` outputs (a dict of lists of
+        numpy arrays, one per sample); used by generators with a fused CPU path."""
+        raise NotImplementedError(f"view generator {self.name!r} returned 'host' outputs but has no host_views")
 
     def on_device(self, batch, ctx):
         """Torch/kornia step on the device; the default applies the kornia photometric stage."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import fused_views
 from ..errors import PipelineError
 from .base import ViewGenerator
 from .registry import register_view
@@ -52,9 +53,20 @@ class MultiCrop(ViewGenerator):
         out.update({o.global_views + j: self.local_recipe(ctx, j) for j in range(o.local_views)})
         return out
 
+    def specs(self, ctx):
+        """(recipe, size) of every view, globals first."""
+        o = self.options
+        out = [(ctx.recipe(i), o.global_size or ctx.recipe(i).size) for i in range(o.global_views)]
+        return out + [(self.local_recipe(ctx, j), o.local_size) for j in range(o.local_views)]
+
+    def host_views(self, inputs, ctx):
+        return fused_views.views(inputs["image"], self.specs(ctx), ctx.np_rng)
+
     def graph(self, sample, ctx):
         o = self.options
         image = sample.image
+        if ctx.fused:                      # CPU: DALI decodes, the fused kernel makes the views
+            return {"views": [], "host": {"image": image}}
         views = []
         for i in range(o.global_views):
             r = ctx.recipe(i)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import augment
+from .. import augment, fused_views
 from ..errors import PipelineError
 from .base import ViewGenerator
 from .registry import register_view
@@ -33,16 +33,28 @@ class TwoView(ViewGenerator):
     def names(self):
         return tuple(f"view{i}" for i in range(self.options.views))
 
+    def sizes(self, ctx):
+        o = self.options
+        sizes = [o.size or ctx.recipe(i).size for i in range(o.views)]
+        if o.shared_crop and len(set(sizes)) != 1:
+            raise PipelineError("two_view: shared_crop needs every view at the same size")
+        return sizes
+
     def graph(self, sample, ctx):
         o = self.options
         image = sample.image
-        sizes = [(o.size or ctx.recipe(i).size,) * 2 for i in range(o.views)]
+        if ctx.fused:                      # CPU: DALI decodes, the fused kernel makes the views
+            self.sizes(ctx)
+            return {"views": [], "host": {"image": image}}
+        sizes = [(s, s) for s in self.sizes(ctx)]
         if o.shared_crop:
-            if len(set(sizes)) != 1:
-                raise PipelineError("two_view: shared_crop needs every view at the same size")
             cropped = augment.crop(image, ctx.recipe(0), sizes[0])
             views = [augment.after_crop(cropped, ctx.recipe(i), sizes[i], ctx.photometric == "dali")
                      for i in range(o.views)]
         else:
             views = [ctx.view(image, ctx.recipe(i), sizes[i]) for i in range(o.views)]
         return {"views": views}
+
+    def host_views(self, inputs, ctx):
+        specs = [(ctx.recipe(i), s) for i, s in enumerate(self.sizes(ctx))]
+        return fused_views.views(inputs["image"], specs, ctx.np_rng, shared_crop=self.options.shared_crop)
