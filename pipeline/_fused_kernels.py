@@ -197,6 +197,15 @@ def grayscale(buf):
 
 
 @njit(cache=True, fastmath=True)
+def channel_drop(buf, prm):
+    """Keep channel ``prm[P_KEEP]``; the others become the normalisation mean (0 once normalised)."""
+    keep = int(prm[P_KEEP])
+    for c in range(3):
+        if c != keep:
+            buf[c, :, :] = np.float32(255.0 * prm[P_MEAN + c])
+
+
+@njit(cache=True, fastmath=True)
 def reflect101(i, n):
     if n == 1:
         return 0
@@ -251,17 +260,11 @@ def blur(buf, tmp, sigma, radius):
 
 @njit(cache=True, fastmath=True)
 def finish(buf, prm, out):
-    """Solarize, normalise, flip and channel drop, written to ``out`` (3, S, S)."""
+    """Solarize, normalise and flip, written to ``out`` (3, S, S)."""
     H, W = buf.shape[1], buf.shape[2]
     thr = np.float32(prm[P_SOLAR])
     flip = prm[P_FLIP] != 0.0
-    keep = int(prm[P_KEEP])
     for c in range(3):
-        if keep >= 0 and c != keep:
-            for y in range(H):
-                for x in range(W):
-                    out[c, y, x] = 0.0
-            continue
         scale = np.float32(1.0 / (255.0 * prm[P_STD + c]))
         shift = np.float32(prm[P_MEAN + c] / prm[P_STD + c])
         for y in range(H):
@@ -282,6 +285,8 @@ def make_view(src, prm, out, buf, tmp, rows):
         jitter(buf, prm)
     if prm[P_GRAY] != 0.0:
         grayscale(buf)
+    if prm[P_KEEP] >= 0.0:
+        channel_drop(buf, prm)
     if prm[P_SIGMA] > 0.0 and prm[P_RADIUS] > 0:
         blur(buf, tmp, prm[P_SIGMA], int(prm[P_RADIUS]))
     finish(buf, prm, out)

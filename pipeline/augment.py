@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
 from .recipe import Recipe
 
 LUMA = (0.299, 0.587, 0.114)
+SOBEL_SCALE = 1.0 / math.sqrt(2.0)
 
 
 def coin(p: float):
@@ -36,6 +38,9 @@ def coin(p: float):
 
 
 def uniform(lo: float, hi: float):
+    """A per-sample draw from [lo, hi]; a range with equal ends is that value."""
+    if float(lo) == float(hi):
+        return float(lo)
     return fn.random.uniform(range=[float(lo), float(hi)])
 
 
@@ -53,7 +58,7 @@ def crop(image, recipe: Recipe, size: tuple[int, int] | None = None):
         return cropped
     whole = fn.resize(image, size=size, antialias=c.antialias, interp_type=interp)
     keep = fn.cast(coin(c.p), dtype=types.UINT8)
-    return keep * cropped + (1 - keep) * whole
+    return fn.cast(keep * cropped + (1 - keep) * whole, dtype=types.UINT8)
 
 
 def rotate90(image, p: float):
@@ -136,14 +141,15 @@ def sobel(image, recipe: Recipe):
     if recipe.sobel.p <= 0:
         return image
     if coin(recipe.sobel.p):
-        gray = fn.cast(fn.hsv(image, saturation=0.0, dtype=types.UINT8), dtype=types.FLOAT)
-        kx = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
-        ky = [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]
-        gx = fn.experimental.filter(gray, kx, border="clamp")
-        gy = fn.experimental.filter(gray, ky, border="clamp")
-        # Largest magnitude on 8-bit input is 4*255*sqrt(2); scale to 0-255.
-        mag = dmath.sqrt(gx * gx + gy * gy) * (255.0 / (4.0 * 255.0 * math.sqrt(2.0)))
-        image = fn.cast(dmath.min(mag * 4.0, 255.0), dtype=types.UINT8)
+        # One grey channel (DALI's grey image can differ by a level between channels).
+        gray = fn.cast(fn.hsv(image, saturation=0.0, dtype=types.UINT8)[:, :, 0:1], dtype=types.FLOAT)
+        kx = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=np.float32)
+        gx = fn.filter(gray, kx, border="clamp")
+        gy = fn.filter(gray, np.ascontiguousarray(kx.T), border="clamp")
+        # |G| / sqrt(2), saturated at 255: the gain that keeps photos' edges visible (the
+        # largest possible |G| on 8-bit input is 4 * 255 * sqrt(2)).
+        mag = dmath.min(dmath.sqrt(gx * gx + gy * gy) * SOBEL_SCALE, 255.0)
+        image = fn.cat(*([fn.cast(mag, dtype=types.UINT8)] * 3), axis=2)
     return image
 
 
@@ -161,8 +167,9 @@ def cutout(image, recipe: Recipe, side: int):
     if c.p <= 0:
         return image
     if coin(c.p):
-        edge = fn.cast(uniform(*c.size) * side, dtype=types.FLOAT)
-        anchor = fn.stack(uniform(0.0, 1.0), uniform(0.0, 1.0)) * (side - edge)
+        # whole pixels, so the erased region is a square
+        edge = dmath.floor(uniform(*c.size) * side + 0.5)
+        anchor = dmath.floor(fn.stack(uniform(0.0, 1.0), uniform(0.0, 1.0)) * (side - edge + 1.0))
         image = fn.erase(image, anchor=anchor, shape=fn.stack(edge, edge), axis_names="HW",
                          fill_value=float(c.fill))
     return image
@@ -176,19 +183,23 @@ def normalize(image, recipe: Recipe, mirror=None, video: bool = False):
                                     mirror=mirror if mirror is not None else 0)
 
 
-def channel_drop(view, recipe: Recipe):
-    """Keep one random channel of a normalised CHW view; the other two become 0 (the mean)."""
+def channel_drop(image, recipe: Recipe):
+    """Keep one random channel of an HWC (or FHWC) uint8 image; the other two become the
+    normalisation mean (so 0 after ``normalize``, to within half a grey level)."""
     if recipe.channel_drop.p <= 0:
-        return view
+        return image
     keep = fn.cast(fn.random.uniform(range=[0, 3], dtype=types.INT32), dtype=types.INT64)
-    mask = fn.reshape(fn.one_hot(keep, num_classes=3, dtype=types.FLOAT), shape=[3, 1, 1])
+    mask = fn.one_hot(keep, num_classes=3, dtype=types.FLOAT)           # (3,), broadcast on C
     fire = fn.cast(coin(recipe.channel_drop.p), dtype=types.FLOAT)
-    return view * (fire * mask + (1.0 - fire))
+    mask = fire * mask + (1.0 - fire)
+    mean = types.Constant(np.array([255.0 * m for m in recipe.normalize.mean], dtype=np.float32))
+    return fn.cast(image * mask + (1.0 - mask) * mean, dtype=types.UINT8)   # cast rounds
 
 
 def photometric(image, recipe: Recipe, side: int, video: bool = False):
     """Every photometric step of the recipe (uint8 HWC in and out), in :data:`recipe.ORDER`."""
     image = color(image, recipe, video)
+    image = channel_drop(image, recipe)
     image = gaussian_blur(image, recipe, side)
     image = solarize(image, recipe)
     image = sobel(image, recipe)
@@ -214,5 +225,4 @@ def after_crop(image, recipe: Recipe, size: tuple[int, int], photometric_in_grap
                                         mirror=mirror if mirror is not None else 0)
     out = photometric(out, recipe, min(size), video)
     out = cutout(out, recipe, min(size))
-    out = normalize(out, recipe, mirror, video)
-    return channel_drop(out, recipe)
+    return normalize(out, recipe, mirror, video)

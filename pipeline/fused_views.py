@@ -21,7 +21,8 @@ images (the reference that users compare with):
 - **Gaussian blur**: the recipe's kernel (``kernel`` x side, odd) with reflect-101 borders,
   normalised over the taps it keeps: at most ``ceil(4 sigma)`` each side, since the taps beyond
   weigh under 1e-4 of the kernel together (under 0.03 grey levels on any pixel);
-- **solarize**, **normalize** and **channel drop** as in :mod:`.augment`.
+- **channel drop** (after grayscale, as :data:`.recipe.ORDER` says), **solarize** and
+  **normalize** as in :mod:`.augment`.
 
 Recipes with rotation, Sobel, noise or cutout go through the DALI graph instead
 (:func:`supported` says which).

@@ -46,13 +46,13 @@ def color_jitter(x: torch.Tensor, recipe: Recipe, gen, group: int = 1) -> torch.
     ops = []
     if j.brightness > 0:
         f = _uniform(x, max(0.0, 1 - j.brightness), 1 + j.brightness, gen, group)
-        ops.append(lambda y, f=f: kornia.enhance.adjust_brightness(y, f - 1.0))
+        ops.append(lambda y, f=f: y * f.view(-1, 1, 1, 1))     # torchvision: multiply
     if j.contrast > 0:
         f = _uniform(x, max(0.0, 1 - j.contrast), 1 + j.contrast, gen, group)
         ops.append(lambda y, f=f: _contrast(y, f))
     if j.saturation > 0:
         f = _uniform(x, max(0.0, 1 - j.saturation), 1 + j.saturation, gen, group)
-        ops.append(lambda y, f=f: kornia.enhance.adjust_saturation(y, f))
+        ops.append(lambda y, f=f: _saturation(y, f))
     if j.hue > 0:
         f = _uniform(x, -j.hue, j.hue, gen, group) * 2 * math.pi
         ops.append(lambda y, f=f: kornia.enhance.adjust_hue(y, f))
@@ -61,6 +61,13 @@ def color_jitter(x: torch.Tensor, recipe: Recipe, gen, group: int = 1) -> torch.
     for i in order:
         out = ops[i](out).clamp(0, 1)
     return _where(fire, out, x)
+
+
+def _saturation(y, factor):
+    """torchvision's saturation: blend with the grey (luma) image. (kornia's adjust_saturation
+    scales HSV saturation instead, which at 0 gives max(R, G, B), not the luma.)"""
+    gray = kornia.color.rgb_to_grayscale(y)
+    return factor.view(-1, 1, 1, 1) * y + (1 - factor.view(-1, 1, 1, 1)) * gray
 
 
 def _contrast(y, factor):
@@ -104,7 +111,9 @@ def sobel(x, recipe: Recipe, gen, group: int = 1):
     if recipe.sobel.p <= 0:
         return x
     fire = _coin(x, recipe.sobel.p, gen, group)
-    mag = kornia.filters.sobel(kornia.color.rgb_to_grayscale(x), normalized=False)
+    # No epsilon under the root (kornia.filters.sobel adds 1e-6: 7e-4 on flat areas); no backward.
+    grad = kornia.filters.spatial_gradient(kornia.color.rgb_to_grayscale(x), normalized=False)
+    mag = torch.hypot(grad[:, :, 0], grad[:, :, 1])
     mag = (mag / (4.0 * math.sqrt(2.0)) * 4.0).clamp(0, 1).expand_as(x)
     return _where(fire, mag, x)
 

@@ -85,3 +85,25 @@ class Sample:
         if self.encoded_video is None:
             raise AttributeError("this generator did not declare needs={'video'}")
         return fn.decoders.video(self.encoded_video, device=self._ctx.decoder_device, **decoder_args)
+
+
+def check_video_codecs(shards, device: str) -> None:
+    """Fail fast when DALI cannot decode the set's videos on ``device``.
+
+    DALI's CPU video decoder reads only VP8, VP9 and MJPEG; other codecs (H.264, HEVC, AV1...)
+    decode only on the GPU. The manifest counts the codecs (``stats["codec:NAME"]``).
+    """
+    from clvr.shards.videos import CPU_DECODABLE
+
+    if device != "cpu" or not shards.manifest:
+        return
+    stats = shards.manifest.get("stats") or {}
+    bad = {k[6:]: v for k, v in stats.items() if k.startswith("codec:") and k[6:] not in CPU_DECODABLE}
+    if bad:
+        from .errors import PipelineError
+        what = ", ".join(f"{n} {c}" for c, n in sorted(bad.items()))
+        raise PipelineError(
+            f"{shards.spec}: {what} video(s) use codecs DALI's CPU decoder cannot read (it reads VP8, "
+            "VP9 and MJPEG), and this loader runs on the CPU. Re-shard them as VP9 with "
+            "'clvr shard videos SRC OUT --transcode vp9', or decode on a GPU (--device gpu).")
+

@@ -208,17 +208,26 @@ def test_blur_matches_full_kernel(rng, sigma):
         assert np.abs(buf - img).max() > 10
 
 
-def test_finish_normalises_flips_solarizes_and_drops(rng):
+def test_finish_normalises_flips_and_solarizes(rng):
     img = rng.uniform(0, 255, (3, 4, 6)).astype(np.float32)
-    p = params(flip=1, solar=128, keep=1)
+    p = params(flip=1, solar=128)
     out = np.empty_like(img)
     K.finish(img, p, out)
     x = img.astype(np.float64)
     x = np.where(x >= 128, 255 - x, x)[:, :, ::-1]
     mean, std = p[fv.P_MEAN:fv.P_MEAN + 3], p[fv.P_STD:fv.P_STD + 3]
     ref = (x / 255 - mean[:, None, None]) / std[:, None, None]
-    ref[[0, 2]] = 0.0
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_channel_drop_comes_before_blur_and_gives_zero(rng):
+    """Dropped channels become the mean before the blur (recipe.ORDER), so 0 once normalised."""
+    src = smooth_image(rng, 20, 20)
+    p = params(y=0, x=0, h=20, w=20, keep=2, sigma=1.0, radius=4)
+    out = fv.render([src], p[None], np.array([0]), 20)[0]
+    np.testing.assert_allclose(out[:2], 0.0, atol=1e-5)
+    kept = ref_blur(ref_resize(src, 0, 0, 20, 20, 20), 1.0, 9)[2]
+    np.testing.assert_allclose(out[2], (kept / 255 - 0.3) / 0.3, atol=1e-4)
 
 
 def test_whole_view_composes_the_steps(rng):
