@@ -8,9 +8,12 @@ that fire rarely run under DALI conditionals, so the samples that skip them cost
 Where the choice of implementation could change a recipe's statistics, it is said here:
 
 - **colour jitter** is DALI's ``hsv`` (hue, saturation) then ``brightness_contrast`` (brightness,
-  contrast). Brightness, contrast and saturation commute (contrast is taken about the image's
-  mean luma, as torchvision does), so torchvision's random order of the three changes nothing.
-  The hue shift is a rotation of chroma in YIQ (luma kept) rather than a shift in HSV.
+  contrast about the image's mean luma, as torchvision). Without clipping, brightness, contrast
+  and saturation commute, so torchvision's random order of them would change nothing; with
+  clipping it does (e.g. 240 and 40 under brightness 1.3 then contrast 0.6 give 214 and 93 in
+  torchvision's order, 255 and 104 here). The hue shift is a rotation of chroma in YIQ (luma
+  kept) rather than a shift in HSV. The fused CPU kernel (:mod:`.fused_views`) follows
+  torchvision exactly: random order, clamped after each op, hue in HSV.
 - **grayscale** after jitter is folded into the same ``hsv`` op (saturation 0): desaturating
   commutes with the jitter above, so the result equals jitter-then-grayscale. DALI converts
   through YIQ with rounded matrices, so the three channels agree to within one grey level.
