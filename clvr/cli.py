@@ -1,5 +1,6 @@
 """The ``clvr`` command. Each subcommand's parser lives with its package and is imported
-only when used, so ``clvr shard`` never loads torch or DALI."""
+only when used, so ``clvr shard`` never loads torch or DALI (the parsers themselves import
+only the standard library)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import sys
 
 from clvr import __version__
 
-
 def build_parser() -> argparse.ArgumentParser:
+    from clvr.pipeline.cli import build_parser as views_parser
     from clvr.shards.cli import build_parser as shard_parser
 
     parser = argparse.ArgumentParser(prog="clvr", description="Contrastive learning of visual representations.")
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     shard_parser(sub)
+    views_parser(sub)
     return parser
 
 
@@ -26,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # recorded in manifests as the exact command
     if args.command == "shard":
         from clvr.shards.cli import run
+        return run(args)
+    if args.command == "views":
+        from clvr.pipeline.cli import run
         return run(args)
     raise AssertionError(args.command)
 

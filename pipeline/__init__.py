@@ -10,17 +10,24 @@ The data flow from shard to batch, each step in the module named after it:
 - :mod:`.views`    view generators (two_view, multi_crop, cpc_grid, jigsaw, object_crops,
   video_clips, image_text, and plug-ins);
 - :mod:`.loader`   ``ViewLoader``: the iterator that yields :class:`.batch.ViewBatch` es;
-- :mod:`.kornia_stage`  batched photometric ops on the device tensors.
+- :mod:`.fused_views`   on a CPU: every step of an image view in one compiled kernel;
+- :mod:`.kornia_stage`  batched photometric ops on the device tensors;
+- :mod:`.remote`   URLs (http, s3, pipe:) streamed by webdataset into DALI;
+- :mod:`.preview`  a PNG of what a model will see (``clvr views preview``).
 """
 
-from .batch import ViewBatch
 from .errors import PipelineError, SampleError
 
 __all__ = ["ViewBatch", "PipelineError", "SampleError", "ViewLoader"]
 
 
 def __getattr__(name):
-    if name == "ViewLoader":           # imports DALI; keep `import clvr.pipeline` light
+    # ViewLoader imports DALI and torch, ViewBatch torch: `import clvr.pipeline` stays light, so
+    # the `clvr` command can build its parser without them.
+    if name == "ViewLoader":
         from .loader import ViewLoader
         return ViewLoader
+    if name == "ViewBatch":
+        from .batch import ViewBatch
+        return ViewBatch
     raise AttributeError(name)

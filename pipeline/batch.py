@@ -78,7 +78,7 @@ class ViewBatch:
                        boxes=listed(self.boxes), box_classes=listed(self.box_classes), text=listed(self.text))
 
     def describe(self) -> str:
-        """One line per field with shape and dtype (what ``clvr views describe`` prints)."""
+        """One line per field with shape and dtype."""
         lines = [f"ViewBatch({self.kind}, {len(self)} samples, epoch {self.epoch}, step {self.step})"]
         for n, v in zip(self.names, self.views):
             lines.append(f"  view {n:10s} {tuple(v.shape)} {v.dtype}")

@@ -155,9 +155,16 @@ _KERNELS = None
 
 
 def kernels():
-    """Compile (or load from numba's cache) the kernels on first use."""
+    """Load the kernels; the first use on a machine compiles them (about half a minute on two
+    cores), and numba caches the result on disk for every later process."""
     global _KERNELS
     if _KERNELS is None:
+        import sys
+        from pathlib import Path
+        cache = Path(__file__).parent / "__pycache__"
+        if not list(cache.glob("_fused_kernels.render_batch-*.nbi")):
+            print("clvr: compiling the fused CPU view kernels (once per install, about 30 s)...",
+                  file=sys.stderr, flush=True)
         from . import _fused_kernels
         _KERNELS = _fused_kernels
     return _KERNELS
