@@ -9,6 +9,9 @@ sample it was:
 2. each of those samples is read straight from its tar (offsets from the index file) and checked
    on its own: component sizes, then a decode of the image or video.
 
+Remote (streamed) shards have no index files to replay: their feed keeps the bytes of the
+batches in flight, and :func:`find_bad_remote` checks those the same way.
+
 The result is the shard and key of every bad sample among them.
 """
 
@@ -57,36 +60,54 @@ def locate(index_files, tars, keys: set[str]) -> dict[str, tuple[str, dict]]:
 
 
 def check_sample(tar: str, comps: dict, fields: list[str]) -> str | None:
-    """What is wrong with one sample (None if nothing found)."""
+    """What is wrong with one sample of a local tar (None if nothing found)."""
     with open(tar, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         def data(ext):
             off, size = comps[ext]
             return bytes(m[off:off + size])
 
-        for ext, width in ((F.INDEX_EXT, 8), (F.LABEL_EXT, 8)):
-            if ext in comps and comps[ext][1] != width:
-                return f"{ext} has {comps[ext][1]} bytes, expected {width}"
-        if F.BOXES_EXT in comps:
-            nb = comps[F.BOXES_EXT][1]
-            if nb % 16:
-                return f"{F.BOXES_EXT} has {nb} bytes, not a multiple of 16 (K x 4 float32)"
-            if F.BOXCLS_EXT in comps and comps[F.BOXCLS_EXT][1] != nb // 2:
-                return (f"{F.BOXCLS_EXT} has {comps[F.BOXCLS_EXT][1]} bytes for {nb // 16} boxes "
-                        f"(expected {nb // 2})")
-        image_ext = next((e for e in F.IMAGE_EXTS if e in comps), None)
-        if "image" in fields and image_ext:
-            problem = _check_image(data(image_ext))
-            if problem:
-                return f"{image_ext}: {problem}"
-        video_ext = next((e for e in F.VIDEO_EXTS if e in comps), None)
-        if "video" in fields and video_ext:
-            problem = _dali_decode(data(video_ext), video=True)
-            if problem:
-                return f"{video_ext}: {problem}"
+        return size_problem({ext: size for ext, (_, size) in comps.items()}) or \
+            content_problem(data, set(comps), fields)
+
+
+def check_data(components: dict[str, bytes], fields: list[str]) -> str | None:
+    """What is wrong with one sample given as its components' bytes (a streamed sample)."""
+    return size_problem({ext: len(b) for ext, b in components.items()}) or \
+        content_problem(components.__getitem__, set(components), fields)
+
+
+def size_problem(sizes: dict[str, int]) -> str | None:
+    """A component whose byte count does not fit its type (ext -> size in bytes)."""
+    for ext, width in ((F.INDEX_EXT, 8), (F.LABEL_EXT, 8)):
+        if ext in sizes and sizes[ext] != width:
+            return f"{ext} has {sizes[ext]} bytes, expected {width}"
+    if F.BOXES_EXT in sizes:
+        nb = sizes[F.BOXES_EXT]
+        if nb % 16:
+            return f"{F.BOXES_EXT} has {nb} bytes, not a multiple of 16 (K x 4 float32)"
+        if F.BOXCLS_EXT in sizes and sizes[F.BOXCLS_EXT] != nb // 2:
+            return (f"{F.BOXCLS_EXT} has {sizes[F.BOXCLS_EXT]} bytes for {nb // 16} boxes "
+                    f"(expected {nb // 2})")
     return None
 
 
-def _check_image(blob: bytes) -> str | None:
+def content_problem(data, exts: set[str], fields: list[str], quick: bool = False) -> str | None:
+    """An image or video (of the ones ``fields`` asks for) that cannot be decoded;
+    ``data(ext)`` gives a component's bytes. ``quick``: PIL only (no DALI decode, no video)."""
+    image_ext = next((e for e in F.IMAGE_EXTS if e in exts), None)
+    if "image" in fields and image_ext:
+        problem = _check_image(data(image_ext), dali=not quick)
+        if problem:
+            return f"{image_ext}: {problem}"
+    video_ext = next((e for e in F.VIDEO_EXTS if e in exts), None)
+    if "video" in fields and video_ext and not quick:
+        problem = _dali_decode(data(video_ext), video=True)
+        if problem:
+            return f"{video_ext}: {problem}"
+    return None
+
+
+def _check_image(blob: bytes, dali: bool = True) -> str | None:
     from PIL import Image
     try:
         with Image.open(io.BytesIO(blob)) as im:
@@ -94,7 +115,7 @@ def _check_image(blob: bytes) -> str | None:
     except Exception as e:
         reason = "not a recognisable image" if type(e).__name__ == "UnidentifiedImageError" else str(e)
         return f"cannot be decoded ({reason})"
-    return _dali_decode(blob, video=False)
+    return _dali_decode(blob, video=False) if dali else None
 
 
 def _dali_decode(blob: bytes, video: bool) -> str | None:
@@ -130,3 +151,22 @@ def find_bad(loader, runs_done: int) -> list[tuple[str, str, str]]:
         if reason:
             bad.append((tar, key, reason))
     return bad
+
+
+def find_bad_remote(feed, first_batch: int, fields: list[str]) -> list[tuple[str, str, str]]:
+    """(url, key, reason) of the bad samples among the batches a remote feed handed to DALI from
+    global batch ``first_batch`` on (the streamed bytes are kept while they are in flight).
+
+    A quick pass (sizes, PIL) first; DALI decodes each sample only when that finds nothing."""
+    records = {(r.url, r.key): r for r in feed.in_flight(first_batch)}
+    for quick in (True, False):
+        bad = []
+        for (url, key), rec in records.items():
+            comps = rec.components
+            reason = size_problem({e: len(b) for e, b in comps.items()}) or \
+                content_problem(comps.__getitem__, set(comps), fields, quick=quick)
+            if reason:
+                bad.append((url, key, reason))
+        if bad:
+            return bad
+    return []

@@ -170,11 +170,12 @@ def kernels():
     return _KERNELS
 
 
-def views(images, specs, rng: np.random.Generator, shared_crop: bool = False) -> list:
+def views(images, specs, rng: np.random.Generator, shared_crop: bool = False, threads: int = 0) -> list:
     """Views of a batch of decoded images: one float32 (B, 3, S, S) torch tensor per spec.
 
     ``specs`` is a list of ``(recipe, size)``, one per view. Views of the same size are made in
     one parallel call. With ``shared_crop`` every view takes the first view's crop box.
+    ``threads`` caps the kernel's threads (0: numba's default, the CPU count).
     """
     import torch
     shapes = [im.shape for im in images]
@@ -189,18 +190,21 @@ def views(images, specs, rng: np.random.Generator, shared_crop: bool = False) ->
     out: list = [None] * len(specs)
     for size in sorted({s for _, s in specs}):
         which = [i for i, (_, s) in enumerate(specs) if s == size]
-        made = render(images, np.concatenate([params[i] for i in which]), np.tile(np.arange(n), len(which)), size)
+        made = render(images, np.concatenate([params[i] for i in which]), np.tile(np.arange(n), len(which)),
+                      size, threads)
         for k, i in enumerate(which):
             out[i] = torch.from_numpy(made[k * n:(k + 1) * n])
     return out
 
 
-def render(images, params: np.ndarray, owners: np.ndarray, size: int) -> np.ndarray:
+def render(images, params: np.ndarray, owners: np.ndarray, size: int, threads: int = 0) -> np.ndarray:
     """Views (len(params), 3, size, size) float32; view ``i`` is of ``images[owners[i]]``."""
     k = kernels()
     out = np.empty((len(params), 3, size, size), dtype=np.float32)
     flat, offsets, shapes = _pack(images)
     import numba
+    if threads:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     chunks = min(len(params), 4 * numba.get_num_threads())
     k.render_batch(flat, offsets, shapes, np.ascontiguousarray(params), np.asarray(owners, np.int64), out, chunks)
     return out

@@ -2,8 +2,9 @@
 
 The data flow, in the order it happens::
 
-    source.resolve(spec)              which tars and index files (or URLs)
+    source.resolve(spec)              which tars and index files (or URLs, counted by a manifest)
     reader.read(...)                  DALI webdataset reader: this rank's part, shuffled
+      or remote.read(...)             URLs: webdataset streams -> external_source, same fields
     Sample(...)                       lazy decode: image (CPU or nvJPEG), video
     generator.graph(sample, ctx)      views as DALI nodes (augment.* per recipe)
     -- DALI runs the graph in its threads, batches come out --
@@ -26,6 +27,10 @@ every rank. ``last_batch`` says what happens to the samples that do not fill a l
 
 Breaking out of an epoch early is allowed: the next ``iter`` finishes (drains) the abandoned
 epoch's stream first, so epoch ``e`` always reads epoch ``e``'s samples.
+
+Remote shards (URLs, see :mod:`.remote` and docs/remote.md) keep the same contract; their parts
+come from the manifest's counts, and a sample skipped under ``on_error="skip"`` leaves an
+invalid (``valid == False``) slot at the end of its part instead of shrinking it.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ import torch
 from nvidia.dali import pipeline_def
 from nvidia.dali.backend import TensorListGPU
 
+from . import fused_views
 from . import reader as reader_mod
 from . import recipe as recipe_mod
+from . import remote as remote_mod
 from .batch import ViewBatch
 from .errors import PipelineError, SampleError, dali_message
-from .sample import Context, Sample
+from .sample import Context, Sample, check_video_codecs
 from .source import ShardSet, read_index, resolve
 from .views import get_view
 from .views.base import ViewGenerator
@@ -52,6 +59,7 @@ LAST_BATCH = ("drop", "pad", "partial")
 ON_ERROR = ("raise", "skip")
 DEVICES = ("auto", "cpu", "gpu")
 PHOTOMETRIC = ("dali", "kornia")
+CPU_VIEWS = ("fused", "dali")
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -97,6 +105,11 @@ class ViewLoader:
         view_options: options of the generator (checked strictly).
         photometric: ``dali`` (in the graph) or ``kornia`` (batched on the device tensors).
         on_error: ``raise`` (default) or ``skip`` (bad samples are skipped and counted).
+        manifest: for URL specs, the shard set's ``manifest.json`` (local path or URL) when it is
+            not beside the shards.
+        cpu_views: on a CPU, ``fused`` (default) makes the views of image recipes with the fused
+            kernel of :mod:`.fused_views` (DALI reads and decodes); ``dali`` keeps every step in
+            the DALI graph. Generators without a fused path always use the graph.
     """
 
     def __init__(self, data, views="two_view", recipe=None, batch_size: int = 64, *,
@@ -104,13 +117,16 @@ class ViewLoader:
                  local_rank: int | None = None, shuffle: bool = True, shuffle_buffer: int = 1024,
                  seed: int = 0, last_batch: str = "drop", num_threads: int | None = None,
                  prefetch: int = 2, on_error: str = "raise", photometric: str = "dali",
-                 split: str | None = None, view_options: dict | None = None, torch_device=None):
+                 split: str | None = None, view_options: dict | None = None, torch_device=None,
+                 cpu_views: str = "fused", manifest=None):
         if last_batch not in LAST_BATCH:
             raise PipelineError(f"last_batch = {last_batch!r}; choose one of {', '.join(LAST_BATCH)}")
         if on_error not in ON_ERROR:
             raise PipelineError(f"on_error = {on_error!r}; choose one of {', '.join(ON_ERROR)}")
         if photometric not in PHOTOMETRIC:
             raise PipelineError(f"photometric = {photometric!r}; choose one of {', '.join(PHOTOMETRIC)}")
+        if cpu_views not in CPU_VIEWS:
+            raise PipelineError(f"cpu_views = {cpu_views!r}; choose one of {', '.join(CPU_VIEWS)}")
         if batch_size < 1:
             raise PipelineError(f"batch_size = {batch_size} must be at least 1")
         env_rank, env_world, env_local = distributed_env()
@@ -127,7 +143,7 @@ class ViewLoader:
         self.last_batch, self.on_error, self.prefetch = last_batch, on_error, prefetch
         self.num_threads = num_threads or default_threads(self.world_size)
 
-        self.shards: ShardSet = data if isinstance(data, ShardSet) else resolve(data, split)
+        self.shards: ShardSet = data if isinstance(data, ShardSet) else resolve(data, split, manifest)
         if isinstance(views, ViewGenerator):
             self.generator = views
         else:
@@ -138,14 +154,19 @@ class ViewLoader:
         self.ctx = Context(device=self.device, batch_size=batch_size, recipes=recipes,
                            photometric=photometric, seed=seed, classes=self.shards.classes,
                            categories=self.shards.categories,
-                           rng=torch.Generator().manual_seed((seed * 1_000_003 + self.rank) % (2 ** 63)))
-        if self.shards.remote:
-            raise PipelineError(f"{self.shards.spec}: remote shards are read by RemoteViewLoader")
+                           rng=torch.Generator().manual_seed((seed * 1_000_003 + self.rank) % (2 ** 63)),
+                           np_rng=np.random.default_rng([seed, self.rank]),
+                           fused=fused_views.usable(self.device, photometric, cpu_views, recipes),
+                           threads=self.num_threads)
         self.fields = reader_mod.fields_for(self.shards, set(self.generator.needs))
+        if "video" in self.generator.needs:
+            check_video_codecs(self.shards, self.device)
         self.skipped: list[dict] = []       # {"shard", "key", "reason"} of every skipped sample
         self._excluded: set[tuple[str, str]] = set()
         self._tmp = None
-        self._index_files = self._check_shards()
+        self._feed = None                   # remote shards: the reader thread DALI pulls from
+        # Remote shards are checked as they stream (no index files to parse up front).
+        self._index_files = None if self.shards.remote else self._check_shards()
         self.epoch = 0
         self._pos = 0                       # batches of the current stream epoch already run
         self._runs = 0                      # batches run by the current DALI pipeline
@@ -197,26 +218,47 @@ class ViewLoader:
         path.write_text(f"v1.2 {len(keep)}\n" + "".join(ln + "\n" for ln in keep))
         return str(path)
 
+    def _remote_feed(self, opts) -> remote_mod.Feed:
+        """A reader thread for remote shards, starting at the loader's place in its stream, so a
+        rebuild (after a skip) goes on with the same epoch, batch for batch."""
+        if self._feed is not None:
+            self._feed.close()
+        parts = remote_mod.parts_for(self.shards, opts, self.batch_size)
+        if min(parts.bounds(r)[1] - parts.bounds(r)[0] for r in range(self.world_size)) == 0:
+            raise PipelineError(f"{self.shards.spec}: {parts.num_samples} samples cannot give each of "
+                                f"{self.world_size} ranks a part")
+        stream = remote_mod.Stream(parts, self.fields, self.on_error, self._excluded, self.skipped,
+                                   self.shards.spec)
+        self._feed = remote_mod.Feed(stream, self.epoch, self._pos, ahead=self.prefetch + 2,
+                                     keep=self.prefetch + 4)
+        return self._feed
+
     def _build(self) -> None:
         opts = reader_mod.ReadOptions(rank=self.rank, world_size=self.world_size, shuffle=self.shuffle,
                                       shuffle_buffer=self.shuffle_buffer, seed=self.seed)
         gen, ctx, fields, shards, index_files = self.generator, self.ctx, self.fields, self.shards, self._index_files
+        feed = self._remote_feed(opts) if shards.remote else None
         self._output_names: list[str] = []
 
         @pipeline_def(enable_conditionals=True)
         def graph():
-            raw = reader_mod.read(shards, fields, opts, index_files)
+            if feed is not None:
+                raw = remote_mod.read(shards, fields, opts, feed)
+            else:
+                raw = reader_mod.read(shards, fields, opts, index_files)
             sample = Sample(raw, ctx)
             out = gen.graph(sample, ctx)
             views = list(out["views"])
             extras = dict(out.get("extras") or {})
-            names = ["index"] + [f for f in ("label", "boxes", "box_classes", "text") if f in raw]
+            host = dict(out.get("host") or {})     # inputs of the generator's host stage
+            names = ["index"] + [f for f in ("label", "boxes", "box_classes", "text", "valid") if f in raw]
             names += [f"view:{i}" for i in range(len(views))] + [f"extra:{k}" for k in extras]
+            names += [f"host:{k}" for k in host]
             self._output_names = names
             nodes = [raw["index"]] + [raw["label"] if f == "label" else
                                       sample.boxes if f == "boxes" else raw[f]
-                                      for f in ("label", "boxes", "box_classes", "text") if f in raw]
-            return tuple(nodes + views + list(extras.values()))
+                                      for f in ("label", "boxes", "box_classes", "text", "valid") if f in raw]
+            return tuple(nodes + views + list(extras.values()) + list(host.values()))
 
         device_id = self.local_rank if self.device == "gpu" else None
         pipe_seed = (self.seed * 1_000_003 + self.rank * 7919 + 17) % (2 ** 31)
@@ -226,8 +268,10 @@ class ViewLoader:
             self.pipe.build()
         except RuntimeError as e:
             raise PipelineError(f"{shards.spec}: DALI could not build the pipeline: {dali_message(e)}") from None
-        meta = self.pipe.reader_meta(reader_mod.READER_NAME)
-        self.num_samples = int(meta["epoch_size"])
+        if feed is not None:
+            self.num_samples = int(shards.num_samples)
+        else:
+            self.num_samples = int(self.pipe.reader_meta(reader_mod.READER_NAME)["epoch_size"])
         self.part_sizes = reader_mod.part_sizes(self.num_samples, self.world_size)
         self.part_size = self.part_sizes[self.rank]
         self.stream_batches = -(-max(self.part_sizes) // self.batch_size)   # K
@@ -240,6 +284,8 @@ class ViewLoader:
         else:
             self.steps_per_epoch = self.stream_batches
         made = sum(1 for n in self._output_names if n.startswith("view:"))
+        if any(n.startswith("host:") for n in self._output_names):
+            made = len(self.generator.names())     # the host stage makes them
         names = tuple(self.generator.names()) or tuple(f"view{i}" for i in range(made))
         if len(names) != made:
             raise PipelineError(f"view generator {self.generator.name!r} names {len(names)} views "
@@ -296,11 +342,18 @@ class ViewLoader:
         Skipping rebuilds the pipeline without the bad samples. Its stream starts afresh, so the
         epoch in which a bad sample is found is not exact (its remaining steps come from the new
         stream); every later epoch is. ``clvr shard verify`` finds such samples beforehand.
+
+        Remote shards: the feed keeps the bytes of the batches in flight, and the rebuilt stream
+        resumes at the failed batch, so even that epoch stays exact (the skipped sample's slot
+        becomes padding at the end of the part).
         """
-        from .diagnose import find_bad
+        from .diagnose import find_bad, find_bad_remote
         message = dali_message(error)
         try:
-            bad = find_bad(self, self._runs)
+            if self.shards.remote:
+                bad = find_bad_remote(self._feed, self.epoch * self.stream_batches + self._pos, self.fields)
+            else:
+                bad = find_bad(self, self._runs)
         except Exception as e:  # the diagnosis must not hide the original error
             bad = []
             message += f" (could not locate the sample: {dali_message(e)})"
@@ -316,9 +369,10 @@ class ViewLoader:
                 self._excluded.add((tar, key))
                 self.skipped.append({"shard": tar, "key": key, "reason": reason})
         self.pipe = None
-        self._index_files = self._check_shards()
         self._runs = 0
-        self._pos = 0
+        if not self.shards.remote:
+            self._index_files = self._check_shards()
+            self._pos = 0
         self._build()
 
     # -- conversion ---------------------------------------------------------------------------
@@ -330,8 +384,15 @@ class ViewLoader:
         n = index.shape[0]
         label = _dense(named["label"], dev).reshape(-1) if "label" in named else \
             torch.full((n,), -1, dtype=torch.int64, device=dev)
-        valid = (torch.arange(first, first + n) < self.part_size).to(dev)
-        views = tuple(_dense(named[f"view:{i}"], dev) for i in range(len(self.view_names)))
+        valid = torch.arange(first, first + n) < self.part_size
+        if "valid" in named:                # remote: skipped samples leave padding slots too
+            valid &= torch.from_numpy(np.asarray(named["valid"].as_tensor()).reshape(-1) != 0)
+        valid = valid.to(dev)
+        host = {k.split(":", 1)[1]: _host_arrays(v) for k, v in named.items() if k.startswith("host:")}
+        if host:
+            views = tuple(t.to(dev) for t in self.generator.host_views(host, self.ctx))
+        else:
+            views = tuple(_dense(named[f"view:{i}"], dev) for i in range(len(self.view_names)))
         extras = {k.split(":", 1)[1]: _dense(v, dev) for k, v in named.items() if k.startswith("extra:")}
         batch = ViewBatch(views=views, names=tuple(self.view_names), index=index, label=label, valid=valid,
                           kind=self.generator.name, extras=extras, epoch=epoch, step=step)
@@ -355,6 +416,9 @@ class ViewLoader:
         if getattr(self, "pipe", None) is not None:
             del self.pipe
             self.pipe = None
+        if getattr(self, "_feed", None) is not None:
+            self._feed.close()
+            self._feed = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -378,6 +442,12 @@ def _dense(tl, device: torch.device) -> torch.Tensor:
         shapes = {tuple(tl[i].shape()) for i in range(len(tl))}
         raise PipelineError(f"a view or extra has different shapes within the batch: {sorted(shapes)[:4]}")
     return torch.from_numpy(tl.as_array()).to(device, non_blocking=True)
+
+
+def _host_arrays(tl) -> list[np.ndarray]:
+    """A CPU TensorList as numpy arrays, one per sample (views of DALI's memory: use them before
+    the next ``pipe.run``)."""
+    return [np.asarray(tl[i]) for i in range(len(tl))]
 
 
 def _ragged(tl, device) -> list[torch.Tensor]:

@@ -34,6 +34,7 @@ class Context:
     rng: torch.Generator | None = None   # device-step randomness (seeded per rank)
     np_rng: np.random.Generator | None = None   # host-stage randomness (seeded per rank)
     fused: bool = False                 # image views by the fused CPU kernel (see fused_views)
+    threads: int = 0                    # CPU threads of the loader (DALI's, and the kernel's)
 
     @property
     def decoder_device(self) -> str:

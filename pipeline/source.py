@@ -5,8 +5,10 @@ A spec is one of:
 - a shard-set directory with ``manifest.json`` (``data/digits/train``), or the manifest itself;
 - a brace pattern of local tars, ``data/train-{000000..000099}.tar``;
 - a list of local tar paths;
-- remote URLs (``http://``, ``https://``, ``s3://``, ``gs://``, ``pipe:``), alone, as a brace
-  pattern or a list. Those stream through the ``webdataset`` library (see :mod:`.remote`).
+- remote URLs (``http://``, ``https://``, ``s3://``, ``gs://``, ``pipe:``, ``file:``), alone, as
+  a brace pattern or a list, or the URL of a shard set's ``manifest.json``. Those stream through
+  the ``webdataset`` library (see :mod:`.remote`); their sample counts come from the set's
+  manifest: ``manifest=`` (a local path or URL), else ``manifest.json`` beside the shards.
 
 Every local tar must have its DALI index file (``NAME.idx``) beside it: ``clvr shard`` writes one.
 The index files are parsed up front (:func:`read_index`), which is how a missing component or a
@@ -25,7 +27,7 @@ from clvr.shards.manifest import MANIFEST_NAME, read_manifest, shard_sets, struc
 
 from .errors import PipelineError
 
-REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "pipe:")
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "pipe:", "file:")
 
 
 def is_remote(spec) -> bool:
@@ -88,12 +90,19 @@ class ShardSet:
         return [s.index for s in self.shards]
 
 
-def resolve(spec, split: str | None = None) -> ShardSet:
-    """Turn a spec (see the module doc) into a :class:`ShardSet`. Errors name the path at fault."""
+def resolve(spec, split: str | None = None, manifest=None) -> ShardSet:
+    """Turn a spec (see the module doc) into a :class:`ShardSet`. Errors name the path at fault.
+
+    ``manifest`` (a local path or URL of ``manifest.json``) is for URL specs only: it gives the
+    per-shard sample counts when no manifest sits beside the shards.
+    """
+    if manifest is not None and not is_remote(spec if isinstance(spec, (list, tuple)) else str(spec)):
+        raise PipelineError(f"{spec}: manifest= is for URL specs; local shards use the manifest.json "
+                            "of their folder")
     if isinstance(spec, (str, os.PathLike)) and not isinstance(spec, (list, tuple)):
         spec = str(spec)
         if is_remote(spec):
-            return _remote(spec, expand_braces(spec))
+            return _remote(spec, expand_braces(spec), manifest, split)
         path = Path(spec)
         if path.is_dir() or path.name == MANIFEST_NAME:
             return _from_manifest(path, split)
@@ -110,7 +119,7 @@ def resolve(spec, split: str | None = None) -> ShardSet:
         raise PipelineError("empty list of shards")
     urls = [u for s in specs for u in expand_braces(s)]
     if is_remote(specs):
-        return _remote(",".join(specs), urls)
+        return _remote(",".join(specs), urls, manifest, split)
     return _from_tars(",".join(specs), urls)
 
 
@@ -192,8 +201,13 @@ def _manifest_for(tars: list[str]) -> dict:
     return entries
 
 
-def _remote(spec: str, urls: list[str]) -> ShardSet:
-    return ShardSet(spec=spec, shards=[Shard(u, None) for u in urls], remote=True)
+def _remote(spec: str, urls: list[str], manifest, split: str | None) -> ShardSet:
+    local = [u for u in urls if not is_remote(u)]
+    if local:
+        raise PipelineError(f"{spec}: mixes URLs and local paths ({local[0]}); use file: URLs for "
+                            "local tars read as streams")
+    from . import remote
+    return remote.resolve(spec, urls, manifest, split)
 
 
 def index_summary(index_path: str) -> tuple[int, set[str]]:

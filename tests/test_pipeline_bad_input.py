@@ -82,3 +82,22 @@ def test_missing_component_is_named_or_skipped(copy):
                            "reason": "missing component label.i64"}]
     seen = run_epochs(ld, 1)[0]
     assert int(key) not in seen and len(seen) == ld.num_samples == 95
+
+
+def test_video_codec_the_cpu_cannot_decode_fails_fast_naming_the_fix(tmp_path):
+    """H.264 (say) decodes only on a GPU: on a CPU the loader refuses at start-up, naming the
+    codec and the re-shard command, instead of failing inside DALI."""
+    from conftest import edit_json
+    root = make_demo(tmp_path / "v", "digits-video", limit=8)
+    split = root / "train"
+    assert ViewLoader(split, "video_clips", batch_size=2, device="cpu").num_samples > 0
+
+    def h264(m):
+        m["stats"] = {k: v for k, v in m.get("stats", {}).items() if not k.startswith("codec:")}
+        m["stats"]["codec:h264"] = 3
+        m["stats"]["codec:vp9"] = 5
+    edit_json(split / "manifest.json", h264)
+    with pytest.raises(PipelineError) as e:
+        ViewLoader(split, "video_clips", batch_size=2, device="cpu")
+    msg = str(e.value)
+    assert "3 h264" in msg and "clvr shard videos SRC OUT --transcode vp9" in msg and "--device gpu" in msg

@@ -60,7 +60,7 @@ class MultiCrop(ViewGenerator):
         return out + [(self.local_recipe(ctx, j), o.local_size) for j in range(o.local_views)]
 
     def host_views(self, inputs, ctx):
-        return fused_views.views(inputs["image"], self.specs(ctx), ctx.np_rng)
+        return fused_views.views(inputs["image"], self.specs(ctx), ctx.np_rng, threads=ctx.threads)
 
     def graph(self, sample, ctx):
         o = self.options

@@ -57,4 +57,5 @@ class TwoView(ViewGenerator):
 
     def host_views(self, inputs, ctx):
         specs = [(ctx.recipe(i), s) for i, s in enumerate(self.sizes(ctx))]
-        return fused_views.views(inputs["image"], specs, ctx.np_rng, shared_crop=self.options.shared_crop)
+        return fused_views.views(inputs["image"], specs, ctx.np_rng,
+                                 shared_crop=self.options.shared_crop, threads=ctx.threads)
