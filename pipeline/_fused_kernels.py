@@ -51,28 +51,26 @@ def resample_weights(start, length, out_len, in_len):
     return first, count, weights
 
 
-@njit(cache=True, fastmath=True)
-def resize_into(src, y0, x0, h, w, buf, rows):
+@njit(cache=True)
+def resize_into(src, y0, x0, h, w, buf, line):
     """Crop box (y0, x0, h, w) of HWC uint8 ``src`` resized into planar float ``buf`` (3, OH, OW).
 
-    Vertical pass first, on whole interleaved rows (contiguous, so it vectorises) into ``rows``
-    (OH, 3 * w) float32; then the horizontal pass into ``buf``."""
+    Row by row: the vertical pass makes one interleaved row of the crop's width in ``line``
+    (3 * w floats, contiguous, so it vectorises), the horizontal pass turns it into the output
+    row; the scratch stays in cache."""
     OH, OW = buf.shape[1], buf.shape[2]
     fx, cx, wx = resample_weights(x0, w, OW, src.shape[1])
     fy, cy, wy = resample_weights(y0, h, OH, src.shape[0])
     n = 3 * w
     flat = src.reshape((src.shape[0], src.shape[1] * 3))
     for o in range(OH):
-        acc = rows[o]
         for x in range(n):
-            acc[x] = 0.0
+            line[x] = 0.0
         for t in range(cy[o]):
             wt = wy[o, t]
-            line = flat[fy[o] + t, 3 * x0:3 * x0 + n]
+            row = flat[fy[o] + t, 3 * x0:3 * x0 + n]
             for x in range(n):
-                acc[x] += wt * np.float32(line[x])
-    for o in range(OH):
-        acc = rows[o]
+                line[x] += wt * np.float32(row[x])
         for q in range(OW):
             a0 = np.float32(0.0)
             a1 = np.float32(0.0)
@@ -80,9 +78,9 @@ def resize_into(src, y0, x0, h, w, buf, rows):
             f = 3 * (fx[q] - x0)
             for t in range(cx[q]):
                 wt = wx[q, t]
-                a0 += wt * acc[f + 3 * t]
-                a1 += wt * acc[f + 3 * t + 1]
-                a2 += wt * acc[f + 3 * t + 2]
+                a0 += wt * line[f + 3 * t]
+                a1 += wt * line[f + 3 * t + 1]
+                a2 += wt * line[f + 3 * t + 2]
             buf[0, o, q] = a0
             buf[1, o, q] = a1
             buf[2, o, q] = a2
@@ -147,6 +145,42 @@ def rgb_hue_shift(r, g, b, shift):
 
 
 @njit(cache=True, fastmath=True)
+def hue_shift(buf, shift):
+    """Shift H in HSV by ``shift`` turns, S and V kept; branch-free so that it vectorises.
+
+    With V = max, d = max - min and h6 = 6 H: each channel is V - d * clamp(min(k, 4 - k), 0, 1)
+    with k = (n + h6) mod 6 and n = 5, 3, 1 for R, G, B (the closed form of HSV -> RGB)."""
+    H, W = buf.shape[1], buf.shape[2]
+    s6 = np.float32(6.0 * (shift - math.floor(shift)))
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    six = np.float32(6.0)
+    for y in range(H):
+        R, G, B = buf[0, y], buf[1, y], buf[2, y]
+        for x in range(W):
+            r, g, b = R[x], G[x], B[x]
+            mx = max(r, max(g, b))
+            mn = min(r, min(g, b))
+            d = mx - mn
+            dd = d if d > zero else one
+            h = (g - b) / dd if mx == r else ((b - r) / dd + np.float32(2.0) if mx == g else (r - g) / dd + np.float32(4.0))
+            h = h + six if h < zero else h
+            h = h + s6
+            h = h - six if h >= six else h
+            kr = np.float32(5.0) + h
+            kr = kr - six if kr >= six else kr
+            kr = kr - six if kr >= six else kr
+            kg = np.float32(3.0) + h
+            kg = kg - six if kg >= six else kg
+            kg = kg - six if kg >= six else kg
+            kb = one + h
+            kb = kb - six if kb >= six else kb
+            R[x] = mx - d * min(max(min(kr, np.float32(4.0) - kr), zero), one)
+            G[x] = mx - d * min(max(min(kg, np.float32(4.0) - kg), zero), one)
+            B[x] = mx - d * min(max(min(kb, np.float32(4.0) - kb), zero), one)
+
+
+@njit(cache=True, fastmath=True)
 def jitter(buf, prm):
     H, W = buf.shape[1], buf.shape[2]
     for k in range(4):
@@ -177,12 +211,7 @@ def jitter(buf, prm):
         else:
             shift = prm[P_HUE]
             if shift != 0.0:
-                for y in range(H):
-                    for x in range(W):
-                        r, g, b = rgb_hue_shift(buf[0, y, x], buf[1, y, x], buf[2, y, x], shift)
-                        buf[0, y, x] = r
-                        buf[1, y, x] = g
-                        buf[2, y, x] = b
+                hue_shift(buf, shift)
 
 
 @njit(cache=True, fastmath=True)
@@ -206,6 +235,21 @@ def channel_drop(buf, prm):
 
 
 @njit(cache=True, fastmath=True)
+def colour(buf, prm):
+    """Colour jitter (if it fires, ops in the drawn order), grayscale, channel drop: in place.
+
+    One pass over the view per op: each loop runs over one plane, so it vectorises (fusing the
+    ops per pixel or per row measured slower: the hue shift is branchy, and contrast needs the
+    mean luma of the image at its place in the order)."""
+    if prm[P_JITTER] != 0.0:
+        jitter(buf, prm)
+    if prm[P_GRAY] != 0.0:
+        grayscale(buf)
+    if prm[P_KEEP] >= 0.0:
+        channel_drop(buf, prm)
+
+
+@njit(cache=True, fastmath=True)
 def reflect101(i, n):
     if n == 1:
         return 0
@@ -215,18 +259,50 @@ def reflect101(i, n):
 
 
 @njit(cache=True, fastmath=True)
-def blur(buf, tmp, sigma, radius):
-    """Separable Gaussian, reflect-101 borders, taps [-radius, radius] normalised."""
+def finish_row(row, c, y, prm, out):
+    """Solarize, normalise and flip one row of channel ``c`` into ``out[c, y]``."""
+    W = row.shape[0]
+    thr = np.float32(prm[P_SOLAR])
+    scale = np.float32(1.0 / (255.0 * prm[P_STD + c]))
+    shift = np.float32(prm[P_MEAN + c] / prm[P_STD + c])
+    dst = out[c, y]
+    if thr >= 0.0:
+        for x in range(W):
+            v = row[x]
+            if v >= thr:
+                row[x] = np.float32(255.0) - v
+    if prm[P_FLIP] != 0.0:
+        for x in range(W):
+            dst[W - 1 - x] = row[x] * scale - shift
+    else:
+        for x in range(W):
+            dst[x] = row[x] * scale - shift
+
+
+@njit(cache=True, fastmath=True)
+def finish(buf, prm, out):
+    """Solarize, normalise and flip, written to ``out`` (3, H, W)."""
+    for c in range(3):
+        for y in range(buf.shape[1]):
+            finish_row(buf[c, y], c, y, prm, out)
+
+
+@njit(cache=True, fastmath=True)
+def blur(buf, tmp, prm, out):
+    """Separable Gaussian (sigma ``prm[P_SIGMA]``, taps [-radius, radius] normalised, reflect-101
+    borders) of ``buf``, then :func:`finish` row by row into ``out``."""
     H, W = buf.shape[1], buf.shape[2]
-    k = np.empty(2 * radius + 1, np.float32)
+    sigma = prm[P_SIGMA]
+    radius = int(prm[P_RADIUS])
+    n = 2 * radius + 1
+    k = np.empty(n, np.float32)
     tot = 0.0
     for t in range(-radius, radius + 1):
         v = math.exp(-0.5 * (t / sigma) ** 2)
         k[t + radius] = v
         tot += v
-    for t in range(2 * radius + 1):
+    for t in range(n):
         k[t] = k[t] / tot
-    n = 2 * radius + 1
     idx = np.empty(W + 2 * radius, np.int64)
     for x in range(W + 2 * radius):
         idx[x] = reflect101(x - radius, W)
@@ -235,8 +311,8 @@ def blur(buf, tmp, sigma, radius):
         idy[y] = reflect101(y - radius, H)
     pad = np.empty(W + 2 * radius, np.float32)
     acc = np.empty(W, np.float32)
-    # horizontal: buf -> tmp
     for c in range(3):
+        # horizontal: buf -> tmp
         for y in range(H):
             for x in range(W + 2 * radius):
                 pad[x] = buf[c, y, idx[x]]
@@ -246,8 +322,7 @@ def blur(buf, tmp, sigma, radius):
                 for x in range(W):
                     acc[x] += kt * pad[x + t]
             tmp[c, y, :] = acc
-    # vertical: tmp -> buf
-    for c in range(3):
+        # vertical: tmp -> finished rows of out
         for y in range(H):
             acc[:] = 0.0
             for t in range(n):
@@ -255,58 +330,32 @@ def blur(buf, tmp, sigma, radius):
                 r = idy[y + t]
                 for x in range(W):
                     acc[x] += kt * tmp[c, r, x]
-            buf[c, y, :] = acc
+            finish_row(acc, c, y, prm, out)
 
 
 @njit(cache=True, fastmath=True)
-def finish(buf, prm, out):
-    """Solarize, normalise and flip, written to ``out`` (3, S, S)."""
-    H, W = buf.shape[1], buf.shape[2]
-    thr = np.float32(prm[P_SOLAR])
-    flip = prm[P_FLIP] != 0.0
-    for c in range(3):
-        scale = np.float32(1.0 / (255.0 * prm[P_STD + c]))
-        shift = np.float32(prm[P_MEAN + c] / prm[P_STD + c])
-        for y in range(H):
-            line = buf[c, y]
-            dst = out[c, y]
-            for x in range(W):
-                v = line[x]
-                if thr >= 0.0 and v >= thr:
-                    v = np.float32(255.0) - v
-                xs = W - 1 - x if flip else x
-                dst[xs] = v * scale - shift
-
-
-@njit(cache=True, fastmath=True)
-def make_view(src, prm, out, buf, tmp, rows):
-    resize_into(src, int(prm[P_Y]), int(prm[P_X]), int(prm[P_H]), int(prm[P_W]), buf, rows)
-    if prm[P_JITTER] != 0.0:
-        jitter(buf, prm)
-    if prm[P_GRAY] != 0.0:
-        grayscale(buf)
-    if prm[P_KEEP] >= 0.0:
-        channel_drop(buf, prm)
+def make_view(src, prm, out, buf, tmp, line):
+    resize_into(src, int(prm[P_Y]), int(prm[P_X]), int(prm[P_H]), int(prm[P_W]), buf, line)
+    if prm[P_JITTER] != 0.0 or prm[P_GRAY] != 0.0 or prm[P_KEEP] >= 0.0:
+        colour(buf, prm)
     if prm[P_SIGMA] > 0.0 and prm[P_RADIUS] > 0:
-        blur(buf, tmp, prm[P_SIGMA], int(prm[P_RADIUS]))
-    finish(buf, prm, out)
+        blur(buf, tmp, prm, out)
+    else:
+        finish(buf, prm, out)
 
 
 @njit(cache=True, parallel=True)
-def render_batch(flat, offsets, shapes, params, owners, out, nchunks):
-    """Views ``out[i]`` of image ``owners[i]`` by ``params[i]``; ``nchunks`` parallel chunks,
-    each with its own scratch."""
+def render_batch(images, params, owners, out, nchunks):
+    """Views ``out[i]`` of ``images[owners[i]]`` (HWC uint8) by ``params[i]``; ``nchunks``
+    parallel chunks, each with its own scratch."""
     n = params.shape[0]
-    S = out.shape[2]
+    H, W = out.shape[2], out.shape[3]
     wmax = 1
     for i in range(n):
         wmax = max(wmax, int(params[i, P_W]))
     for ch in prange(nchunks):
-        buf = np.empty((3, S, S), np.float32)
-        tmp = np.empty((3, S, S), np.float32)
-        rows = np.empty((S, 3 * wmax), np.float32)
+        buf = np.empty((3, H, W), np.float32)
+        tmp = np.empty((3, H, W), np.float32)
+        line = np.empty(3 * wmax, np.float32)
         for i in range(ch * n // nchunks, (ch + 1) * n // nchunks):
-            j = owners[i]
-            h, w = shapes[j, 0], shapes[j, 1]
-            src = flat[offsets[j]:offsets[j + 1]].reshape((h, w, 3))
-            make_view(src, params[i], out[i], buf, tmp, rows)
+            make_view(images[owners[i]], params[i], out[i], buf, tmp, line)

@@ -199,25 +199,15 @@ def views(images, specs, rng: np.random.Generator, shared_crop: bool = False, th
 
 def render(images, params: np.ndarray, owners: np.ndarray, size: int, threads: int = 0) -> np.ndarray:
     """Views (len(params), 3, size, size) float32; view ``i`` is of ``images[owners[i]]``."""
-    k = kernels()
-    out = np.empty((len(params), 3, size, size), dtype=np.float32)
-    flat, offsets, shapes = _pack(images)
     import numba
+    from numba.typed import List
+    k = kernels()
     if threads:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     chunks = min(len(params), 4 * numba.get_num_threads())
-    k.render_batch(flat, offsets, shapes, np.ascontiguousarray(params), np.asarray(owners, np.int64), out, chunks)
+    out = np.empty((len(params), 3, size, size), dtype=np.float32)
+    typed = List()
+    for im in images:                    # no copy: the kernel reads DALI's buffers
+        typed.append(np.ascontiguousarray(im, dtype=np.uint8).reshape(im.shape[0], im.shape[1], 3))
+    k.render_batch(typed, np.ascontiguousarray(params), np.asarray(owners, np.int64), out, chunks)
     return out
-
-
-def _pack(images):
-    """The images as one flat uint8 buffer plus offsets and (H, W) per image (no copy when the
-    images already sit in one buffer is not attempted: DALI's outputs are separate arrays)."""
-    shapes = np.array([im.shape[:2] for im in images], dtype=np.int64)
-    sizes = shapes[:, 0] * shapes[:, 1] * 3
-    offsets = np.zeros(len(images) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    flat = np.empty(int(offsets[-1]), dtype=np.uint8)
-    for i, im in enumerate(images):
-        flat[offsets[i]:offsets[i + 1]] = np.asarray(im, dtype=np.uint8).reshape(-1)
-    return flat, offsets, shapes

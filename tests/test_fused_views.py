@@ -139,8 +139,7 @@ def test_parameter_columns_agree():
 def test_resize_matches_triangle_filter(rng, box, size):
     src = smooth_image(rng, 30, 40)
     buf = np.empty((3, size, size), np.float32)
-    rows = np.empty((size, 3 * 40), np.float32)
-    K.resize_into(src, *box, buf, rows)
+    K.resize_into(src, *box, buf, np.empty(3 * 40, np.float32))
     ref = ref_resize(src, *box, size)
     np.testing.assert_allclose(buf, ref, atol=2e-3)
     # and it is not a plain (aliasing) bilinear sample when shrinking
@@ -157,21 +156,21 @@ def test_each_jitter_op(rng, op, ref, f):
     img = rng.uniform(0, 255, (3, 8, 8)).astype(np.float32)
     names = {0: "bright", 1: "contrast", 2: "sat", 3: "hue"}
     kw = {"bright": 1.0, "contrast": 1.0, "sat": 1.0, "hue": 0.0, names[op]: f}
-    p = params(**kw)
+    p = params(jitter=1, **kw)
     p[fv.P_ORDER:fv.P_ORDER + 4] = [op, (op + 1) % 4, (op + 2) % 4, (op + 3) % 4]
     buf = img.copy()
-    K.jitter(buf, p)
+    K.colour(buf, p)
     np.testing.assert_allclose(buf, ref(img.astype(np.float64), f), atol=2e-3)
     assert np.abs(buf - img).max() > 1          # the op did something
 
 
 def test_jitter_order_is_the_drawn_one(rng):
     img = rng.uniform(0, 255, (3, 6, 6)).astype(np.float32)
-    p = params(bright=1.5, contrast=0.4, sat=1.7, hue=0.1)
+    p = params(jitter=1, bright=1.5, contrast=0.4, sat=1.7, hue=0.1)
     order = [3, 1, 0, 2]
     p[fv.P_ORDER:fv.P_ORDER + 4] = order
     buf = img.copy()
-    K.jitter(buf, p)
+    K.colour(buf, p)
     ref = img.astype(np.float64)
     for op in order:
         ref = [lambda x: ref_brightness(x, 1.5), lambda x: ref_contrast(x, 0.4),
@@ -179,14 +178,14 @@ def test_jitter_order_is_the_drawn_one(rng):
     np.testing.assert_allclose(buf, ref, atol=3e-3)
     other = img.copy()
     p[fv.P_ORDER:fv.P_ORDER + 4] = [0, 1, 2, 3]
-    K.jitter(other, p)
+    K.colour(other, p)
     assert np.abs(other - buf).max() > 1        # the order matters, so the test can fail
 
 
 def test_grayscale(rng):
     img = rng.uniform(0, 255, (3, 5, 7)).astype(np.float32)
     buf = img.copy()
-    K.grayscale(buf)
+    K.colour(buf, params(gray=1))
     g = gray64(img.astype(np.float64))
     for c in range(3):
         np.testing.assert_allclose(buf[c], g, atol=1e-3)
@@ -201,11 +200,14 @@ def test_blur_matches_full_kernel(rng, sigma):
     window = fv.blur_window(224, 0.1)
     assert window == 23
     radius = int(min(window // 2, math.ceil(4 * sigma)))
-    buf = img.copy()
-    K.blur(buf, np.empty_like(buf), sigma, radius)
-    np.testing.assert_allclose(buf, ref_blur(img.astype(np.float64), sigma, window), atol=0.03)
+    p = params(sigma=sigma, radius=radius)
+    p[fv.P_MEAN:fv.P_MEAN + 3] = 0.0              # identity normalisation: out = blurred pixels
+    p[fv.P_STD:fv.P_STD + 3] = 1.0 / 255.0
+    out = np.empty_like(img)
+    K.blur(img.copy(), np.empty_like(img), p, out)
+    np.testing.assert_allclose(out, ref_blur(img.astype(np.float64), sigma, window), atol=0.03)
     if sigma >= 0.7:
-        assert np.abs(buf - img).max() > 10
+        assert np.abs(out - img).max() > 10
 
 
 def test_finish_normalises_flips_and_solarizes(rng):
