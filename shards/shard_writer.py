@@ -106,8 +106,10 @@ class _OpenShard:
                            self.sha.hexdigest(), self.first_index)
 
     def abandon(self) -> None:
+        """Remove the partial files; also after an interruption inside :meth:`finish`."""
         self.file.close()
         self.tmp.unlink(missing_ok=True)
+        (self.directory / (self.name + ".idx" + TMP_SUFFIX)).unlink(missing_ok=True)
 
 
 def sample_bytes(components: list[tuple[str, bytes]]) -> int:
