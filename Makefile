@@ -32,6 +32,7 @@ demo: setup
 
 bench: setup
 	$(PY) bench/shard_throughput.py
+	$(PY) bench/pipeline_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DATA) bench/out .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import json
 from pathlib import Path
 
@@ -121,3 +122,29 @@ def read_samples(tar_paths) -> list[dict]:
         for s in wds.WebDataset(str(t), shardshuffle=False, empty_check=False):
             out.append(s)
     return out
+
+
+def corrupt_image(shard_dir: Path, shard: int, sample: int) -> str:
+    """Zero the PNG of sample ``sample`` of shard ``shard`` after its signature (in place);
+    returns its key. The tar and index stay consistent: only the pixels become undecodable."""
+    from clvr.pipeline.source import read_index
+    tar = shard_dir / f"train-{shard:06d}.tar"
+    entry = read_index(str(tar.with_suffix(".idx")))[sample]
+    off, size = entry.components["png"]
+    with open(tar, "r+b") as f:
+        f.seek(off + 8)
+        f.write(b"\x00" * (size - 8))
+    return entry.key
+
+
+def linear_taps(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of plain linear interpolation (no antialias), edges clamped."""
+    w = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        pos = (i + 0.5) * n_in / n_out - 0.5
+        j = math.floor(pos)
+        f = pos - j
+        w[i, min(max(j, 0), n_in - 1)] += 1 - f
+        w[i, min(max(j + 1, 0), n_in - 1)] += f
+    return w
+

@@ -311,3 +311,51 @@ def test_supported_recipes():
     rec = R.build("simclr", views=1)[0]
     assert not fv.supported(rec.replace(rotate={"p": 0.5}))
     assert not fv.supported(rec.replace(noise={"p": 0.5}))
+
+
+def pil_view(img, p, size, window):
+    """The view by torchvision's PIL path with the draws ``p`` (PIL's 8-bit steps)."""
+    from PIL import Image, ImageEnhance
+    y, x, h, w = (int(v) for v in p[fv.P_Y:fv.P_W + 1])
+    im = img.resize((size, size), Image.BILINEAR, box=(x, y, x + w, y + h))
+    if p[fv.P_FLIP]:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    if p[fv.P_JITTER]:
+        for op in p[fv.P_ORDER:fv.P_ORDER + 4].astype(int):
+            if op == 0:
+                im = ImageEnhance.Brightness(im).enhance(p[fv.P_BRIGHT])
+            elif op == 1:
+                im = ImageEnhance.Contrast(im).enhance(p[fv.P_CONTRAST])
+            elif op == 2:
+                im = ImageEnhance.Color(im).enhance(p[fv.P_SAT])
+            else:
+                hsv = np.asarray(im.convert("HSV")).copy()
+                hsv[..., 0] = (hsv[..., 0].astype(int) + int(round(p[fv.P_HUE] * 255))) % 256
+                im = Image.fromarray(hsv, "HSV").convert("RGB")
+    if p[fv.P_GRAY]:
+        im = im.convert("L").convert("RGB")
+    v = np.asarray(im, np.float64).transpose(2, 0, 1)
+    if p[fv.P_SIGMA] > 0:
+        v = ref_blur(v, p[fv.P_SIGMA], window)
+    return v
+
+
+def test_same_draws_give_the_views_of_torchvisions_pil_path(rng):
+    """With the same draws, the fused view equals the PIL pipeline's to within PIL's 8-bit
+    rounding between steps: the recipe is the same, not just its statistics."""
+    from PIL import Image
+    rec = R.build("simclr", views=1)[0]
+    size = 48
+    imgs = [smooth_image(rng, 60, 80) for _ in range(12)]
+    prm = fv.draw(rng, rec, [i.shape for i in imgs], size)
+    prm[:, fv.P_JITTER] = 1.0                      # exercise every op on every image
+    prm[:6, fv.P_GRAY] = 0.0
+    out = fv.render(imgs, prm, np.arange(len(imgs)), size)
+    mean, std = np.array(rec.normalize.mean), np.array(rec.normalize.std)
+    for i, img in enumerate(imgs):
+        ours = (out[i] * std[:, None, None] + mean[:, None, None]) * 255.0
+        ref = pil_view(Image.fromarray(img), prm[i], size, fv.blur_window(size, rec.blur.kernel))
+        diff = np.abs(ours - ref)
+        assert diff.mean() < 2.0, (i, diff.mean())    # grey levels
+        other = pil_view(Image.fromarray(img), prm[(i + 1) % len(imgs)], size, 5)
+        assert np.abs(ours - other).mean() > 5 * diff.mean() + 2

@@ -33,6 +33,7 @@ from nvidia.dali import fn, pipeline_def
 
 from clvr.pipeline import augment, kornia_stage
 from clvr.pipeline import recipe as R
+from conftest import linear_taps
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -242,22 +243,10 @@ def triangle_weights(n_in, n_out, border="clamp"):
 
 def ref_resize(x, h, w, border="clamp", antialias=True):
     a = triangle_weights(x.shape[0], h, border) if antialias or h >= x.shape[0] else \
-        triangle_weights_plain(x.shape[0], h)
+        linear_taps(x.shape[0], h)
     b = triangle_weights(x.shape[1], w, border) if antialias or w >= x.shape[1] else \
-        triangle_weights_plain(x.shape[1], w)
+        linear_taps(x.shape[1], w)
     return np.einsum("ij,jkc,lk->ilc", a, np.asarray(x, np.float64), b, optimize=True)
-
-
-def triangle_weights_plain(n_in, n_out):
-    """Plain linear interpolation (no antialias): two taps at the sample point, edge clamped."""
-    out = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        pos = (i + 0.5) * n_in / n_out - 0.5
-        j0 = math.floor(pos)
-        f = pos - j0
-        out[i, min(max(j0, 0), n_in - 1)] += 1 - f
-        out[i, min(max(j0 + 1, 0), n_in - 1)] += f
-    return out
 
 
 def assert_grey(got, want, tol=GREY, what=""):

@@ -9,7 +9,7 @@ import pytest
 
 from clvr.pipeline import PipelineError, SampleError, ViewLoader
 from clvr.pipeline.source import read_index
-from conftest import epoch_indices as run_epochs, make_demo
+from conftest import corrupt_image, epoch_indices as run_epochs, make_demo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -24,16 +24,6 @@ def copy(clean, tmp_path) -> Path:
     dst = tmp_path / "train"
     shutil.copytree(clean, dst)
     return dst
-
-
-def corrupt_image(shard_dir: Path, shard: int, sample: int) -> str:
-    tar = shard_dir / f"train-{shard:06d}.tar"
-    entry = read_index(str(tar.with_suffix(".idx")))[sample]
-    off, size = entry.components["png"]
-    with open(tar, "r+b") as f:
-        f.seek(off + 8)
-        f.write(b"\x00" * (size - 8))
-    return entry.key
 
 
 def test_corrupt_sample_is_named_by_shard_and_key(copy):

@@ -25,7 +25,7 @@ from PIL import Image
 from clvr.cli import main
 from clvr.pipeline import ViewLoader
 from clvr.shards.demo import VIDEO_FRAMES
-from conftest import make_demo, photo
+from conftest import linear_taps, make_demo, photo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -259,18 +259,6 @@ def test_an_image_smaller_than_the_crop_is_upscaled(shard_set):
     want = upscale(small, 64, 64)
     assert np.abs(np.round(x) - want).max() <= 1.0 + 1e-6     # one uint8 rounding
     assert np.abs(np.round(x) - nearest(small, 64, 64)).max() > 5, "interpolated, not repeated"
-
-
-def linear_taps(n_in, n_out):
-    """Linear interpolation weights from n_in to n_out >= n_in pixels, edge clamped."""
-    w = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        pos = (i + 0.5) * n_in / n_out - 0.5
-        j = math.floor(pos)
-        f = pos - j
-        w[i, min(max(j, 0), n_in - 1)] += 1 - f
-        w[i, min(max(j + 1, 0), n_in - 1)] += f
-    return w
 
 
 def upscale(x, h, w):

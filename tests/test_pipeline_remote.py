@@ -20,7 +20,7 @@ import torch
 from clvr.pipeline import PipelineError, SampleError, ViewLoader
 from clvr.pipeline import remote
 from clvr.pipeline.source import read_index
-from conftest import epoch_indices as epochs, make_demo, read_samples
+from conftest import corrupt_image, epoch_indices as epochs, make_demo, read_samples
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -240,16 +240,6 @@ def test_missing_component_is_named_or_skipped(copy):
     for seen in epochs(ld, 2):
         assert sorted(seen) == [i for i in range(96) if i != 3]
     assert ld.skipped == [{"shard": url, "key": "000000003", "reason": "missing component label.i64"}]
-
-
-def corrupt_image(shard_dir: Path, shard: int, sample: int) -> str:
-    tar = shard_dir / f"train-{shard:06d}.tar"
-    entry = read_index(str(tar.with_suffix(".idx")))[sample]
-    off, size = entry.components["png"]
-    with open(tar, "r+b") as f:
-        f.seek(off + 8)
-        f.write(b"\x00" * (size - 8))
-    return entry.key
 
 
 def test_corrupt_image_is_named_or_skipped_and_the_epoch_stays_exact(copy):
