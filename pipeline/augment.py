@@ -7,8 +7,8 @@ that fire rarely run under DALI conditionals, so the samples that skip them cost
 
 Where the choice of implementation could change a recipe's statistics, it is said here:
 
-- **colour jitter** is DALI's ``hsv`` (hue, saturation) then ``brightness_contrast`` (brightness,
-  contrast about the image's mean luma, as torchvision). Without clipping, brightness, contrast
+- **colour jitter** is DALI's ``hsv`` (hue, saturation) then brightness and contrast (about the
+  image's mean luma, as torchvision) in one arithmetic step. Without clipping, brightness, contrast
   and saturation commute, so torchvision's random order of them would change nothing; with
   clipping it does (e.g. 240 and 40 under brightness 1.3 then contrast 0.6 give 214 and 93 in
   torchvision's order, 255 and 104 here). The hue shift is a rotation of chroma in YIQ (luma
@@ -94,9 +94,12 @@ def color(image, recipe: Recipe, video: bool = False):
     if (j.p > 0 and (j.hue > 0 or j.saturation > 0)) or g.p > 0:
         out = fn.hsv(out, hue=hue, saturation=saturation, dtype=types.UINT8)
     if j.p > 0 and (j.brightness > 0 or j.contrast > 0):
-        center = mean_luma(out, video)
-        out = fn.brightness_contrast(out, brightness=factor(j.brightness), contrast=factor(j.contrast),
-                                     contrast_center=center, dtype=types.UINT8)
+        # b * (m + c * (x - m)), m the mean luma: written as arithmetic rather than with
+        # brightness_contrast's contrast_center, because on a GPU the mean is a GPU tensor, and
+        # DALI operator arguments must live on the CPU. The cast saturates to 0..255 and rounds.
+        m = mean_luma(out, video)
+        b, c = factor(j.brightness), factor(j.contrast)
+        out = fn.cast(b * (m + c * (fn.cast(out, dtype=types.FLOAT) - m)), dtype=types.UINT8)
     return out
 
 

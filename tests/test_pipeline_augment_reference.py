@@ -351,13 +351,17 @@ def test_dali_jitter_then_grayscale_is_folded_exactly(draws):
     outs = run(lambda x: (augment.color(x, r),) + tuple(draws.nodes), xs)
     got = dict(draws.values(outs, 1))
     b, c = got[(0.8, 1.2)], got[(0.7, 1.3)]
+    visible = 0
     for x, y, bi, ci in zip(xs, outs[0], b, c):
         lum = luma(x)
         want = np.clip(bi * (lum.mean() + ci * (lum - lum.mean())), 0, 255)
         # Two uint8 roundings: the grey image (HSV_TOL off) is scaled by b*c <= 1.56, then the
         # output is rounded: HALF + b*c*HSV_TOL <= 2.45 levels.
         assert_grey(y, np.repeat(want[..., None], 3, -1), tol=HALF + bi * ci * HSV_TOL, what="jitter + gray")
-        assert np.abs(y - np.repeat(lum[..., None], 3, -1)).max() > 3, "the jitter must still apply"
+        if abs(bi - 1) + abs(ci - 1) > 0.1:       # a visible draw: the jitter must still apply
+            assert np.abs(y - np.repeat(lum[..., None], 3, -1)).max() > 3, "the jitter must still apply"
+            visible += 1
+    assert visible >= 2
 
 
 def test_dali_full_jitter_equals_the_composition(draws):
