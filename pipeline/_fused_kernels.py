@@ -8,7 +8,7 @@ last pass writes the normalised, flipped view. Parameter columns are named in fu
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # Column numbers (kept equal to fused_views.P_*; a test checks them).
 P_Y, P_X, P_H, P_W, P_FLIP, P_JITTER = 0, 1, 2, 3, 4, 5
@@ -101,47 +101,6 @@ def mean_luma(buf):
             rs += LR * buf[0, y, x] + LG * buf[1, y, x] + LB * buf[2, y, x]
         acc += rs
     return np.float32(acc / (H * W))
-
-
-@njit(cache=True, fastmath=True)
-def rgb_hue_shift(r, g, b, shift):
-    """Shift the hue of one pixel (0-255 floats) by ``shift`` turns, through HSV."""
-    mx = max(r, max(g, b))
-    mn = min(r, min(g, b))
-    d = mx - mn
-    if d <= 0.0:
-        return r, g, b
-    if mx == r:
-        h = (g - b) / d
-        if h < 0.0:
-            h += 6.0
-    elif mx == g:
-        h = (b - r) / d + 2.0
-    else:
-        h = (r - g) / d + 4.0
-    h = h / 6.0 + shift
-    h -= math.floor(h)
-    s = d / mx
-    v = mx
-    h6 = h * 6.0
-    i = int(h6)
-    f = h6 - i
-    if i > 5:
-        i = 5
-    p = v * (1.0 - s)
-    q = v * (1.0 - s * f)
-    t = v * (1.0 - s * (1.0 - f))
-    if i == 0:
-        return v, t, p
-    if i == 1:
-        return q, v, p
-    if i == 2:
-        return p, v, t
-    if i == 3:
-        return p, q, v
-    if i == 4:
-        return t, p, v
-    return v, p, q
 
 
 @njit(cache=True, fastmath=True)
@@ -344,18 +303,16 @@ def make_view(src, prm, out, buf, tmp, line):
         finish(buf, prm, out)
 
 
-@njit(cache=True, parallel=True)
-def render_batch(images, params, owners, out, nchunks):
-    """Views ``out[i]`` of ``images[owners[i]]`` (HWC uint8) by ``params[i]``; ``nchunks``
-    parallel chunks, each with its own scratch."""
-    n = params.shape[0]
+@njit(cache=True, nogil=True)
+def render_range(images, params, owners, out, start, stop):
+    """Views ``out[i]`` of ``images[owners[i]]`` (HWC uint8) by ``params[i]``, for ``i`` in
+    [start, stop). Releases the GIL: :func:`.fused_views.render` runs ranges in threads."""
     H, W = out.shape[2], out.shape[3]
     wmax = 1
-    for i in range(n):
+    for i in range(start, stop):
         wmax = max(wmax, int(params[i, P_W]))
-    for ch in prange(nchunks):
-        buf = np.empty((3, H, W), np.float32)
-        tmp = np.empty((3, H, W), np.float32)
-        line = np.empty(3 * wmax, np.float32)
-        for i in range(ch * n // nchunks, (ch + 1) * n // nchunks):
-            make_view(images[owners[i]], params[i], out[i], buf, tmp, line)
+    buf = np.empty((3, H, W), np.float32)
+    tmp = np.empty((3, H, W), np.float32)
+    line = np.empty(3 * wmax, np.float32)
+    for i in range(start, stop):
+        make_view(images[owners[i]], params[i], out[i], buf, tmp, line)

@@ -55,8 +55,9 @@ LUMA_R, LUMA_G, LUMA_B = 0.299, 0.587, 0.114
 
 
 def supported(recipe: Recipe) -> bool:
-    """Whether the fused kernel implements every step of ``recipe``."""
-    return recipe.rotate.p <= 0 and recipe.sobel.p <= 0 and recipe.noise.p <= 0 and recipe.cutout.p <= 0
+    """Whether the fused kernel implements every step of ``recipe`` (it always antialiases)."""
+    return (recipe.rotate.p <= 0 and recipe.sobel.p <= 0 and recipe.noise.p <= 0
+            and recipe.cutout.p <= 0 and recipe.crop.antialias)
 
 
 def usable(device: str, photometric: str, cpu_views: str, recipes) -> bool:
@@ -99,6 +100,7 @@ def crop_boxes(rng: np.random.Generator, heights, widths, scale, ratio, p: float
     in_ratio = W / H
     fw = np.where(in_ratio < ratio[0], W, np.where(in_ratio > ratio[1], np.rint(H * ratio[1]), W))
     fh = np.where(in_ratio < ratio[0], np.rint(W / ratio[0]), H)
+    fw, fh = np.clip(fw, 1, W), np.clip(fh, 1, H)            # never an empty box
     fy, fx = np.floor((H - fh) / 2), np.floor((W - fw) / 2)
     box = np.where(found[:, None], np.stack([y, x, h, w], 1), np.stack([fy, fx, fh, fw], 1))
     if p < 1.0:
@@ -155,19 +157,38 @@ _KERNELS = None
 
 
 def kernels():
-    """Load the kernels; the first use on a machine compiles them (about half a minute on two
-    cores), and numba caches the result on disk for every later process."""
+    """Load the kernels; the first use on a machine compiles them (about 20 s on two cores),
+    and numba caches the result on disk for every later process."""
     global _KERNELS
     if _KERNELS is None:
         import sys
         from pathlib import Path
-        cache = Path(__file__).parent / "__pycache__"
-        if not list(cache.glob("_fused_kernels.render_batch-*.nbi")):
-            print("clvr: compiling the fused CPU view kernels (once per install, about 30 s)...",
+
+        import numba
+        caches = [Path(__file__).parent / "__pycache__"]
+        if numba.config.CACHE_DIR:
+            caches.append(Path(numba.config.CACHE_DIR))
+        if not any(any(c.rglob("_fused_kernels.render_range-*.nbi")) for c in caches if c.is_dir()):
+            print("clvr: compiling the fused CPU view kernels (once per install, about 20 s)...",
                   file=sys.stderr, flush=True)
         from . import _fused_kernels
         _KERNELS = _fused_kernels
     return _KERNELS
+
+
+_POOLS: dict = {}
+
+
+def _pool(threads: int):
+    """A thread pool per process and size. The kernel releases the GIL, so plain threads run it
+    in parallel; unlike numba's OpenMP layer this survives ``fork`` (a child makes its own pool)
+    and takes calls from several threads at once."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clvr-fused")
+    return _POOLS[key]
 
 
 def views(images, specs, rng: np.random.Generator, shared_crop: bool = False, threads: int = 0) -> list:
@@ -198,16 +219,27 @@ def views(images, specs, rng: np.random.Generator, shared_crop: bool = False, th
 
 
 def render(images, params: np.ndarray, owners: np.ndarray, size: int, threads: int = 0) -> np.ndarray:
-    """Views (len(params), 3, size, size) float32; view ``i`` is of ``images[owners[i]]``."""
-    import numba
+    """Views (len(params), 3, size, size) float32; view ``i`` is of ``images[owners[i]]``.
+    ``threads`` threads (0: the CPUs this process may use) each make a range of the views."""
+    import os
+
     from numba.typed import List
     k = kernels()
-    if threads:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    chunks = min(len(params), 4 * numba.get_num_threads())
-    out = np.empty((len(params), 3, size, size), dtype=np.float32)
+    n = len(params)
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    out = np.empty((n, 3, size, size), dtype=np.float32)
     typed = List()
     for im in images:                    # no copy: the kernel reads DALI's buffers
         typed.append(np.ascontiguousarray(im, dtype=np.uint8).reshape(im.shape[0], im.shape[1], 3))
-    k.render_batch(typed, np.ascontiguousarray(params), np.asarray(owners, np.int64), out, chunks)
+    params = np.ascontiguousarray(params)
+    owners = np.asarray(owners, np.int64)
+    chunks = max(1, min(n, 2 * threads))
+    bounds = [(c * n // chunks, (c + 1) * n // chunks) for c in range(chunks)]
+    if threads == 1 or chunks == 1:
+        k.render_range(typed, params, owners, out, 0, n)
+    else:
+        jobs = [_pool(threads).submit(k.render_range, typed, params, owners, out, a, b) for a, b in bounds]
+        for j in jobs:
+            j.result()
     return out

@@ -377,7 +377,16 @@ class ViewLoader:
 
     # -- conversion ---------------------------------------------------------------------------
 
+    def _seed_host_draws(self, epoch: int, step: int) -> None:
+        """Seed the draws made outside DALI (fused views, kornia stage, patch steps) from
+        (seed, rank, epoch, step): a batch's views then do not depend on which batches before it
+        were made or drained (breaking out of an epoch, resuming at a step)."""
+        key = [self.seed, self.rank, epoch, step]
+        self.ctx.np_rng = np.random.default_rng(key)
+        self.ctx.rng.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+
     def _batch(self, outs, epoch: int, step: int, first: int) -> ViewBatch:
+        self._seed_host_draws(epoch, step)
         named = dict(zip(self._output_names, outs))
         dev = self.torch_device
         index = _dense(named["index"], dev).reshape(-1)

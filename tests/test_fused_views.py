@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from clvr.pipeline import _fused_kernels as K
 from clvr.pipeline import fused_views as fv
@@ -359,3 +360,62 @@ def test_same_draws_give_the_views_of_torchvisions_pil_path(rng):
         assert diff.mean() < 2.0, (i, diff.mean())    # grey levels
         other = pil_view(Image.fromarray(img), prm[(i + 1) % len(imgs)], size, 5)
         assert np.abs(ours - other).mean() > 5 * diff.mean() + 2
+
+
+def test_fallback_box_is_never_empty(rng):
+    box = fv.crop_boxes(rng, [1, 100, 2], [1, 2, 100], (0.99, 1.0), (3.0, 4.0))
+    assert (box[:, 2] >= 1).all() and (box[:, 3] >= 1).all()
+    assert (box[:, 0] + box[:, 2] <= [1, 100, 2]).all() and (box[:, 1] + box[:, 3] <= [1, 2, 100]).all()
+
+
+def test_recipes_without_antialias_stay_in_the_dali_graph():
+    rec = R.build("simclr", views=1)[0]
+    assert fv.supported(rec) and not fv.supported(rec.replace(crop={"antialias": False}))
+
+
+# -- through the loader ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from conftest import make_demo
+    return make_demo(tmp_path_factory.mktemp("fused") / "d", limit=48) / "train"
+
+
+def test_loader_uses_the_kernel_and_breaking_an_epoch_keeps_the_next_one(digits):
+    """Views are drawn per (seed, rank, epoch, step): a loop that breaks out of epoch 0 gets the
+    same epoch-1 views as one that runs it to the end."""
+    from clvr.pipeline import ViewLoader
+
+    def epoch1(break_early):
+        ld = ViewLoader(digits, "two_view", recipe="simclr-cifar", batch_size=8, seed=3)
+        assert ld.ctx.fused
+        for i, _ in enumerate(ld):
+            if break_early and i == 1:
+                break
+        return [b.views[0].clone() for b in ld]
+
+    full, broken = epoch1(False), epoch1(True)
+    assert len(full) == len(broken) > 1
+    assert all(torch.equal(a, b) for a, b in zip(full, broken))
+
+
+def test_a_forked_child_can_use_the_kernel_after_its_parent(digits, tmp_path):
+    """The kernel runs in plain threads (it releases the GIL), so a forked child works; numba's
+    OpenMP threading layer would kill it."""
+    import subprocess
+    import sys
+    code = (
+        "import multiprocessing as mp, sys\n"
+        "from clvr.pipeline import ViewLoader\n"
+        f"def one():\n    ld = ViewLoader({str(digits)!r}, 'two_view', recipe='simclr-cifar', batch_size=8)\n"
+        "    return float(next(iter(ld)).views[0].abs().sum())\n"
+        "def child(q):\n    q.put(one())\n"
+        "if __name__ == '__main__':\n"
+        "    one()\n"
+        "    ctx = mp.get_context('fork'); q = ctx.Queue(); p = ctx.Process(target=child, args=(q,))\n"
+        "    p.start(); p.join(120)\n"
+        "    print(p.exitcode, q.get(timeout=5) > 0)\n")
+    script = tmp_path / "fork.py"
+    script.write_text(code)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert r.stdout.split() == ["0", "True"], r.stderr[-2000:]
