@@ -1,4 +1,11 @@
 """``clvr.methods``: contrastive objectives, methods, training and evaluation.
 
+So far, each in the module named after it:
+
+- :mod:`.losses`       the objectives as pure functions (InfoNCE, NT-Xent, NCE, BYOL, CPC);
+- :mod:`.memory_bank`  InstDisc/PIRL's bank, one slot per global sample index;
+- :mod:`.queue`        MoCo's FIFO of keys from every process;
+- :mod:`.distributed`  an all-gather whose gradient is right across processes.
+
 May import :mod:`clvr.pipeline` and :mod:`clvr.shards`.
 """

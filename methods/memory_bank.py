@@ -1,0 +1,63 @@
+"""The memory bank of InstDisc and PIRL: one L2-normalised D-vector per sample of the data set.
+
+Slot ``i`` belongs to the sample whose global index (``ViewBatch.index``, written by ``clvr
+shard``) is ``i``, so the bank works the same on one process or many. After each step the slots
+of the batch move towards the new features, ``v <- normalize(m * v + (1 - m) * f)`` (InstDisc and
+PIRL use m = 0.5), with the features of every process (:meth:`update` gathers them). Negatives
+are drawn uniformly from the whole bank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .distributed import all_gather_cat
+
+
+class MemoryBank(torch.nn.Module):
+    def __init__(self, num_samples: int, dim: int, momentum: float = 0.5, seed: int = 0):
+        super().__init__()
+        if num_samples < 1 or dim < 1:
+            raise ValueError(f"memory bank needs num_samples >= 1 and dim >= 1, got {num_samples}, {dim}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"memory bank momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        g = torch.Generator().manual_seed(seed)
+        # uniform in [-1/sqrt(D/3), 1/sqrt(D/3)] as InstDisc, then normalised
+        bound = 1.0 / math.sqrt(dim / 3)
+        init = (torch.rand(num_samples, dim, generator=g) * 2 - 1) * bound
+        self.register_buffer("bank", F.normalize(init, dim=1))
+
+    @property
+    def num_samples(self) -> int:
+        return self.bank.shape[0]
+
+    def get(self, index: torch.Tensor) -> torch.Tensor:
+        """The stored vectors of samples ``index`` (no gradient)."""
+        self._check(index)
+        return self.bank[index.to(self.bank.device)]
+
+    def negatives(self, count: int, generator: torch.Generator | None = None, batch: int | None = None):
+        """``count`` indices drawn uniformly with replacement; (batch, count) when ``batch`` is
+        given (one draw per sample, as InstDisc), else (count,)."""
+        shape = (batch, count) if batch is not None else (count,)
+        return torch.randint(self.num_samples, shape, generator=generator, device="cpu").to(self.bank.device)
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, features: torch.Tensor) -> None:
+        """Move slots ``index`` towards ``features`` (gathered from every process first)."""
+        self._check(index)
+        index = all_gather_cat(index.to(self.bank.device))
+        features = all_gather_cat(features.detach().to(self.bank))
+        mixed = self.momentum * self.bank[index] + (1 - self.momentum) * features
+        self.bank[index] = F.normalize(mixed, dim=1)
+
+    def _check(self, index: torch.Tensor) -> None:
+        bad = index[(index < 0) | (index >= self.num_samples)]
+        if bad.numel():
+            raise IndexError(f"sample index {int(bad[0])} outside the memory bank of "
+                             f"{self.num_samples} samples (is it the bank of this shard set?)")
+
