@@ -5,6 +5,7 @@ So far, each in the module named after it:
 - :mod:`.losses`       the objectives as pure functions (InfoNCE, NT-Xent, NCE, BYOL, CPC);
 - :mod:`.memory_bank`  InstDisc/PIRL's bank, one slot per global sample index;
 - :mod:`.queue`        MoCo's FIFO of keys from every process;
+- :mod:`.momentum`     momentum (EMA) encoders: constant (MoCo) or BYOL's cosine schedule;
 - :mod:`.distributed`  an all-gather whose gradient is right across processes.
 
 May import :mod:`clvr.pipeline` and :mod:`clvr.shards`.
