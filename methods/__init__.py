@@ -8,6 +8,7 @@ So far, each in the module named after it:
 - :mod:`.momentum`     momentum (EMA) encoders: constant (MoCo) or BYOL's cosine schedule;
 - :mod:`.backbones`    ResNet-18/34/50 (ImageNet or CIFAR stem, BatchNorm or LayerNorm), a tiny
   net for tests, and timm models by name;
+- :mod:`.heads`        projection and prediction heads (linear, MLP, MLP with BatchNorm);
 - :mod:`.distributed`  an all-gather whose gradient is right across processes.
 
 May import :mod:`clvr.pipeline` and :mod:`clvr.shards`.
