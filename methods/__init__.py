@@ -9,6 +9,7 @@ So far, each in the module named after it:
 - :mod:`.backbones`    ResNet-18/34/50 (ImageNet or CIFAR stem, BatchNorm or LayerNorm), a tiny
   net for tests, and timm models by name;
 - :mod:`.heads`        projection and prediction heads (linear, MLP, MLP with BatchNorm);
+- :mod:`.cpc_context`  CPC's causal (PixelCNN-style) context network, one or several directions;
 - :mod:`.distributed`  an all-gather whose gradient is right across processes.
 
 May import :mod:`clvr.pipeline` and :mod:`clvr.shards`.

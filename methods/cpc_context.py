@@ -1,0 +1,68 @@
+"""CPC's autoregressive context network over a grid of patch embeddings.
+
+The context of row ``i`` sees only rows ``0 .. i`` of the grid (masked, PixelCNN-style
+convolutions: each layer pads the top so that its kernel never looks down). From the context at
+row ``i``, a linear map per step ``k`` predicts the embedding of row ``i + k``. CPC v1 predicts
+downwards only; CPC v2 does it from several directions: the grid is turned by 90, 180 and 270
+degrees, and each direction has its own network.
+
+:meth:`CPCContext.forward` returns, per direction, ``(predictions, targets)`` in the layout of
+:func:`clvr.methods.losses.cpc`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CausalRowConv(nn.Module):
+    """A convolution whose output at row i depends on input rows i - (k - 1) .. i only."""
+
+    def __init__(self, dim: int, kernel: int = 3):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((kernel // 2, kernel // 2, kernel - 1, 0))   # left, right, top, bottom
+        self.conv = nn.Conv2d(dim, dim, kernel)
+
+    def forward(self, x):
+        return self.conv(self.pad(x))
+
+
+class ContextNet(nn.Module):
+    """Residual stack of causal row convolutions on (B, D, H, W)."""
+
+    def __init__(self, dim: int, layers: int = 3):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), CausalRowConv(dim), nn.ReLU(), nn.Conv2d(dim, dim, 1)) for _ in range(layers))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+class CPCContext(nn.Module):
+    def __init__(self, dim: int, steps: int = 5, layers: int = 3, directions: int = 1):
+        super().__init__()
+        if directions not in (1, 2, 4):
+            raise ValueError(f"directions must be 1 (v1: downwards), 2 or 4 (v2), got {directions}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        self.steps, self.directions = steps, directions
+        self.context = nn.ModuleList(ContextNet(dim, layers) for _ in range(directions))
+        self.predict = nn.ModuleList(nn.ModuleList(nn.Linear(dim, dim) for _ in range(steps))
+                                     for _ in range(directions))
+
+    def forward(self, grid: torch.Tensor) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+        """``grid``: (B, H, W, D) patch embeddings. Per direction: (predictions for k = 1 ..
+        min(steps, H - 1), each (B, H - k, W, D); the turned grid as targets (B, H', W', D))."""
+        out = []
+        for d in range(self.directions):
+            turns = (0, 2, 1, 3)[d]                     # down, up, then the two sideways
+            g = torch.rot90(grid, turns, dims=(1, 2))   # predict "downwards" in the turned grid
+            ctx = self.context[d](g.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)   # (B, H, W, D)
+            H = g.shape[1]
+            preds = [self.predict[d][k - 1](ctx[:, :H - k]) for k in range(1, min(self.steps, H - 1) + 1)]
+            out.append((preds, g))
+        return out
