@@ -663,7 +663,8 @@ def preview(data, views, out, *, recipe=None, view_options=None, split=None, sam
         where = f"{data}" + (f" [{split}]" if split else "")
         title = (f"clvr views preview: {gen.describe()}\n"
                  f"recipe {recipe_name} | data {where} | seed {seed} | device {loader.device} | "
-                 f"photometric {photometric} | {len(batch)} samples")
+                 f"views {'fused' if loader.ctx.fused else 'dali' if photometric == 'dali' else 'kornia'} | "
+                 f"{len(batch)} samples")
         image = render(batch, gen, loader.ctx.recipes, title=title, sources=sources, zoom=zoom,
                        classes=loader.shards.classes, categories=loader.shards.categories)
         skipped = list(loader.skipped)
