@@ -74,8 +74,7 @@ class RecipeTransform:
         self.r = recipe
         self.pil_blur = pil_blur
         self.size = size
-        k = max(3, int(round(size * recipe.blur.kernel)))
-        self.window = k if k % 2 else k + 1
+        self.window = recipe.blur.window(size)          # the recipe's kernel: 10% of the side, odd
         self.mean = torch.tensor(recipe.normalize.mean).view(3, 1, 1)
         self.std = torch.tensor(recipe.normalize.std).view(3, 1, 1)
 

@@ -109,18 +109,12 @@ def mean_luma(image, video: bool = False):
     return means[0] * LUMA[0] + means[1] * LUMA[1] + means[2] * LUMA[2]
 
 
-def blur_window(side: int, fraction: float) -> int:
-    """SimCLR's kernel: ``fraction`` of the side, made odd."""
-    k = max(3, int(round(side * fraction)))
-    return k if k % 2 else k + 1
-
-
 def gaussian_blur(image, recipe: Recipe, side: int):
     b = recipe.blur
     if b.p <= 0:
         return image
     sigma = uniform(*b.sigma)
-    window = blur_window(side, b.kernel)
+    window = b.window(side)
     cap = 2 * int(math.ceil(4 * b.sigma[1])) + 1
     if cap < window:
         # Taps beyond 4 sigma weigh < 1e-4: trim them per sample (sigma is known in the graph).

@@ -66,12 +66,6 @@ def usable(device: str, photometric: str, cpu_views: str, recipes) -> bool:
             and all(supported(r) for r in recipes))
 
 
-def blur_window(side: int, fraction: float) -> int:
-    """SimCLR's kernel: ``fraction`` of the side, made odd (at least 3)."""
-    k = max(3, int(round(side * fraction)))
-    return k if k % 2 else k + 1
-
-
 # -- draws -------------------------------------------------------------------------------------
 
 def crop_boxes(rng: np.random.Generator, heights, widths, scale, ratio, p: float = 1.0) -> np.ndarray:
@@ -139,7 +133,7 @@ def draw(rng: np.random.Generator, recipe: Recipe, shapes, size: int, boxes=None
     if b.p > 0:
         fire = rng.random(n) < b.p
         sigma = rng.uniform(b.sigma[0], b.sigma[1], size=n)
-        half = blur_window(size, b.kernel) // 2
+        half = b.window(size) // 2
         prm[:, P_SIGMA] = np.where(fire, sigma, 0.0)
         prm[:, P_RADIUS] = np.where(fire, np.minimum(half, np.ceil(4.0 * sigma)), 0.0)
     s = recipe.solarize

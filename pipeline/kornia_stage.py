@@ -91,9 +91,7 @@ def gaussian_blur(x, recipe: Recipe, gen, group: int = 1):
         return x
     fire = _coin(x, b.p, gen, group)
     sigma = _uniform(x, b.sigma[0], b.sigma[1], gen, group)
-    side = min(x.shape[-2:])
-    k = max(3, int(round(side * b.kernel)))
-    k = k if k % 2 else k + 1
+    k = b.window(min(x.shape[-2:]))
     blurred = kornia.filters.gaussian_blur2d(x, (k, k), torch.stack([sigma, sigma], -1), border_type="reflect")
     return _where(fire, blurred, x)
 

@@ -85,6 +85,11 @@ class Blur:
     sigma: tuple[float, float] = (0.1, 2.0)
     kernel: float = 0.1
 
+    def window(self, side: int) -> int:
+        """The kernel in pixels for a view of ``side`` px: ``kernel`` x side, made odd (>= 3)."""
+        k = max(3, int(round(side * self.kernel)))
+        return k if k % 2 else k + 1
+
 
 @dataclass
 class Solarize:

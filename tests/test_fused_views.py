@@ -198,7 +198,7 @@ def test_blur_matches_full_kernel(rng, sigma):
     difference from the full window is under 0.03 grey levels."""
     S = 40
     img = rng.uniform(0, 255, (3, S, S + 7)).astype(np.float32)
-    window = fv.blur_window(224, 0.1)
+    window = R.Blur(kernel=0.1).window(224)
     assert window == 23
     radius = int(min(window // 2, math.ceil(4 * sigma)))
     p = params(sigma=sigma, radius=radius)
@@ -355,7 +355,7 @@ def test_same_draws_give_the_views_of_torchvisions_pil_path(rng):
     mean, std = np.array(rec.normalize.mean), np.array(rec.normalize.std)
     for i, img in enumerate(imgs):
         ours = (out[i] * std[:, None, None] + mean[:, None, None]) * 255.0
-        ref = pil_view(Image.fromarray(img), prm[i], size, fv.blur_window(size, rec.blur.kernel))
+        ref = pil_view(Image.fromarray(img), prm[i], size, rec.blur.window(size))
         diff = np.abs(ours - ref)
         assert diff.mean() < 2.0, (i, diff.mean())    # grey levels
         other = pil_view(Image.fromarray(img), prm[(i + 1) % len(imgs)], size, 5)

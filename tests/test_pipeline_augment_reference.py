@@ -385,7 +385,7 @@ def test_dali_full_jitter_equals_the_composition(draws):
 def test_dali_gaussian_blur_is_a_reflect101_separable_gaussian(draws):
     # side 20, kernel 0.35 -> a 7-tap window; sigma up to 1.6 -> cap 2*ceil(6.4)+1 = 15: untrimmed
     r = recipe(blur={"p": 1.0, "sigma": [0.5, 1.6], "kernel": 0.35})
-    assert augment.blur_window(20, 0.35) == 7
+    assert R.Blur(kernel=0.35).window(20) == 7
     xs = images(6, 20, 20, seed=6)
     outs = run(lambda x: (augment.gaussian_blur(x, r, 20),) + tuple(draws.nodes), xs)
     (_, sig), = draws.values(outs, 1)
