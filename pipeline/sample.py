@@ -94,12 +94,11 @@ def check_video_codecs(shards, device: str) -> None:
     DALI's CPU video decoder reads only VP8, VP9 and MJPEG; other codecs (H.264, HEVC, AV1...)
     decode only on the GPU. The manifest counts the codecs (``stats["codec:NAME"]``).
     """
-    from clvr.shards.videos import CPU_DECODABLE
+    from clvr.shards.videos import gpu_only_codecs
 
     if device != "cpu" or not shards.manifest:
         return
-    stats = shards.manifest.get("stats") or {}
-    bad = {k[6:]: v for k, v in stats.items() if k.startswith("codec:") and k[6:] not in CPU_DECODABLE}
+    bad = gpu_only_codecs(shards.manifest.get("stats") or {})
     if bad:
         from .errors import PipelineError
         what = ", ".join(f"{n} {c}" for c, n in sorted(bad.items()))

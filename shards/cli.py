@@ -264,13 +264,12 @@ def cmd_videos(args) -> int:
 
 
 def _warn_codecs(result) -> None:
-    from .videos import CPU_DECODABLE, gpu_present
+    from .videos import gpu_only_codecs, gpu_present
 
     gpu_only = {}
     for s in result.splits:
-        for k, v in s.manifest.get("stats", {}).items():
-            if k.startswith("codec:") and k[6:] not in CPU_DECODABLE:
-                gpu_only[k[6:]] = gpu_only.get(k[6:], 0) + v
+        for codec, n in gpu_only_codecs(s.manifest.get("stats", {})).items():
+            gpu_only[codec] = gpu_only.get(codec, 0) + n
     if gpu_only:
         what = ", ".join(f"{n} {c}" for c, n in sorted(gpu_only.items()))
         where = ("this machine has no NVIDIA GPU, so clvr's pipeline will not be able to decode them here"

@@ -26,6 +26,12 @@ CPU_DECODABLE = {"vp8", "vp9", "mjpeg"}
 TRANSCODES = ("none", "vp9", "mjpeg")
 
 
+def gpu_only_codecs(stats: dict) -> dict[str, int]:
+    """From a manifest's ``stats`` (``codec:NAME`` counts): the codecs DALI's CPU video decoder
+    cannot read, with their counts."""
+    return {k[6:]: v for k, v in stats.items() if k.startswith("codec:") and k[6:] not in CPU_DECODABLE}
+
+
 @dataclass(frozen=True)
 class VideoOptions:
     transcode: str = "none"
