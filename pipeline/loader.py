@@ -154,8 +154,7 @@ class ViewLoader:
         self.ctx = Context(device=self.device, batch_size=batch_size, recipes=recipes,
                            photometric=photometric, seed=seed, classes=self.shards.classes,
                            categories=self.shards.categories,
-                           rng=torch.Generator().manual_seed((seed * 1_000_003 + self.rank) % (2 ** 63)),
-                           np_rng=np.random.default_rng([seed, self.rank]),
+                           rng=torch.Generator(),      # both seeded per batch: _seed_host_draws
                            fused=fused_views.usable(self.device, photometric, cpu_views, recipes),
                            threads=self.num_threads)
         self.fields = reader_mod.fields_for(self.shards, set(self.generator.needs))

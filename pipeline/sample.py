@@ -31,8 +31,8 @@ class Context:
     seed: int = 0
     classes: list[str] | None = None
     categories: list | None = None
-    rng: torch.Generator | None = None   # device-step randomness (seeded per rank)
-    np_rng: np.random.Generator | None = None   # host-stage randomness (seeded per rank)
+    rng: torch.Generator | None = None          # device-step randomness  } seeded per batch from
+    np_rng: np.random.Generator | None = None   # host-stage randomness   } (seed, rank, epoch, step)
     fused: bool = False                 # image views by the fused CPU kernel (see fused_views)
     threads: int = 0                    # CPU threads of the loader (DALI's, and the kernel's)
 
