@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from clvr.pipeline import PipelineError, SampleError, ViewLoader
-from clvr.pipeline.source import read_index
 from conftest import corrupt_image, epoch_indices as run_epochs, make_demo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

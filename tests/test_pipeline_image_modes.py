@@ -12,7 +12,6 @@ Also: an image smaller than the crop, and videos shorter than a clip's span.
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from pathlib import Path

@@ -19,7 +19,6 @@ import torch
 
 from clvr.pipeline import PipelineError, SampleError, ViewLoader
 from clvr.pipeline import remote
-from clvr.pipeline.source import read_index
 from conftest import corrupt_image, epoch_indices as epochs, make_demo, read_samples
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
