@@ -1,10 +1,29 @@
-"""Reading input files: whole, with few system calls, and with a reject reason on failure."""
+"""Reading input files (whole, with few system calls, with a reject reason on failure), and
+writing output files atomically."""
 
 from __future__ import annotations
 
 import os
 
 from .errors import Reject
+
+
+def write_atomic(path, data: bytes, tmp_suffix: str = ".tmp") -> None:
+    """Write ``data`` to ``path`` through ``path + tmp_suffix`` and a rename, so readers see the
+    old file or the whole new one. The temporary file never outlives an interruption (Ctrl-C
+    included)."""
+    path = os.fspath(path)
+    tmp = path + tmp_suffix
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def read_bytes(path: str) -> bytes:

@@ -9,20 +9,17 @@ sub-directory. The manifest is written last, atomically: a directory without one
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from .errors import ShardError
+from .fileio import write_atomic
 from .format import FORMAT_NAME, FORMAT_VERSION, json_bytes
 
 MANIFEST_NAME = "manifest.json"
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(json_bytes(obj, indent=2) + b"\n")
-    os.replace(tmp, path)
+    write_atomic(path, json_bytes(obj, indent=2) + b"\n")
 
 
 def read_manifest(path) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .dali_index import IndexedComponent, format_index
+from .fileio import write_atomic
 
 BLOCK = 512
 _ZEROS = bytes(BLOCK)
@@ -98,18 +99,14 @@ class _OpenShard:
         if self.fsync:
             os.fsync(self.file.fileno())
         self.file.close()
-        idx_tmp = self.directory / (self.name + ".idx" + TMP_SUFFIX)
-        idx_tmp.write_text(format_index(self.samples))
-        os.replace(idx_tmp, self.directory / (self.name + ".idx"))
+        write_atomic(self.directory / (self.name + ".idx"), format_index(self.samples).encode(), TMP_SUFFIX)
         os.replace(self.tmp, self.directory / (self.name + ".tar"))
         return ShardRecord(self.name + ".tar", self.name + ".idx", len(self.samples), self.offset,
                            self.sha.hexdigest(), self.first_index)
 
     def abandon(self) -> None:
-        """Remove the partial files; also after an interruption inside :meth:`finish`."""
         self.file.close()
         self.tmp.unlink(missing_ok=True)
-        (self.directory / (self.name + ".idx" + TMP_SUFFIX)).unlink(missing_ok=True)
 
 
 def sample_bytes(components: list[tuple[str, bytes]]) -> int:
