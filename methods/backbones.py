@@ -5,8 +5,8 @@ Every backbone maps (B, 3, H, W) images to (B, F) features and says ``num_featur
 
 - ``stem="imagenet"``: 7x7 stride-2 convolution and max-pool, as in the paper;
   ``stem="cifar"``: one 3x3 stride-1 convolution and no pool, the usual choice for 32 px images.
-- ``norm="batch"`` (default) or ``"layer"``: LayerNorm over each sample's (C, H, W), as CPC v2
-  uses (GroupNorm with one group).
+- ``norm="batch"`` (default), ``"layer"``: LayerNorm over each sample's (C, H, W), as CPC v2
+  uses (GroupNorm with one group), or ``"none"`` (CPC v1 used no normalisation).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "layer":
         return nn.GroupNorm(1, channels)
-    raise ValueError(f"norm = {kind!r}; choose 'batch' or 'layer'")
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm = {kind!r}; choose 'batch', 'layer' or 'none'")
 
 
 class BasicBlock(nn.Module):
@@ -117,7 +119,7 @@ BACKBONES = {
     "resnet18": lambda **kw: ResNet(BasicBlock, [2, 2, 2, 2], **kw),
     "resnet34": lambda **kw: ResNet(BasicBlock, [3, 4, 6, 3], **kw),
     "resnet50": lambda **kw: ResNet(Bottleneck, [3, 4, 6, 3], **kw),
-    "tiny": lambda **kw: TinyConvNet(**kw),
+    "tiny": lambda stem=None, **kw: TinyConvNet(**kw),      # one stem for every size
 }
 
 

@@ -191,6 +191,14 @@ def _pirl() -> Recipe:
                   grayscale=Grayscale(0.2), blur=Blur(p=0.0))
 
 
+def _cpc_v1() -> Recipe:
+    # CPC v1: a random 256-px square crop of the image resized to 300 px (area (256/300)^2);
+    # no flip and no colour augmentation.
+    side = (256 / 300) ** 2
+    return Recipe(size=256, crop=Crop(scale=(side, side), ratio=(1.0, 1.0)), flip=Flip(0.0),
+                  jitter=ColorJitter(p=0.0), grayscale=Grayscale(0.0), blur=Blur(p=0.0))
+
+
 def _cpc_v2() -> Recipe:
     # Patch-level: each 64-px patch is flipped and keeps one of its three colour channels.
     return Recipe(size=64, crop=Crop(p=0.0), flip=Flip(0.5), jitter=ColorJitter(p=0.0),
@@ -211,6 +219,7 @@ PRESETS = {
     "mocov2": lambda: [_mocov2()],
     "byol": _byol,
     "pirl": lambda: [_pirl()],
+    "cpc-v1": lambda: [_cpc_v1()],
     "cpc-v2": lambda: [_cpc_v2()],
     "none": lambda: [_none()],
 }
@@ -228,56 +237,61 @@ def _nearest(key: str, valid) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _convert(value, current, where: str):
+def _convert(value, current, where: str, error=PipelineError):
     """Coerce a YAML value to the type of the field it replaces; say where it is wrong."""
     if isinstance(current, bool):
         if not isinstance(value, bool):
-            raise PipelineError(f"{where}: expected true/false, got {value!r}")
+            raise error(f"{where}: expected true/false, got {value!r}")
         return value
     if isinstance(current, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PipelineError(f"{where}: expected a number, got {value!r}")
+            raise error(f"{where}: expected a number, got {value!r}")
         if isinstance(current, int) and not isinstance(current, bool) and not float(value).is_integer():
-            raise PipelineError(f"{where}: expected an integer, got {value!r}")
+            raise error(f"{where}: expected an integer, got {value!r}")
         return type(current)(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise error(f"{where}: expected a string, got {value!r}")
+        return value
     if isinstance(current, tuple):
         if not isinstance(value, (list, tuple)) or len(value) != len(current):
-            raise PipelineError(f"{where}: expected a list of {len(current)} numbers, got {value!r}")
-        return tuple(_convert(v, c, f"{where}[{i}]") for i, (v, c) in enumerate(zip(value, current)))
+            raise error(f"{where}: expected a list of {len(current)} numbers, got {value!r}")
+        return tuple(_convert(v, c, f"{where}[{i}]", error) for i, (v, c) in enumerate(zip(value, current)))
     return value
 
 
-def apply_overrides(obj, changes: dict, where: str):
-    """A copy of dataclass ``obj`` with ``changes`` (nested dicts) applied; unknown keys raise."""
+def apply_overrides(obj, changes: dict, where: str, error=PipelineError):
+    """A copy of dataclass ``obj`` with ``changes`` (nested dicts) applied; unknown keys raise
+    ``error`` (the pipeline's own by default; the methods pass theirs)."""
     if not isinstance(changes, dict):
-        raise PipelineError(f"{where}: expected a mapping, got {changes!r}")
+        raise error(f"{where}: expected a mapping, got {changes!r}")
     out = copy.deepcopy(obj)
     names = {f.name for f in dataclasses.fields(out)}
     for key, value in changes.items():
         if key not in names:
-            raise PipelineError(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(names))}"
-                                + _nearest(key, names))
+            raise error(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(names))}"
+                        + _nearest(key, names))
         current = getattr(out, key)
         if dataclasses.is_dataclass(current):
             if isinstance(value, (int, float)) and not isinstance(value, bool) and hasattr(current, "p"):
                 value = {"p": value}          # shorthand: `blur: 0.5` sets the probability
-            setattr(out, key, apply_overrides(current, value, f"{where}.{key}"))
+            setattr(out, key, apply_overrides(current, value, f"{where}.{key}", error))
         else:
-            setattr(out, key, _convert(value, current, f"{where}.{key}"))
-    _validate(out, where)
+            setattr(out, key, _convert(value, current, f"{where}.{key}", error))
+    _validate(out, where, error)
     return out
 
 
-def _validate(obj, where: str) -> None:
+def _validate(obj, where: str, error=PipelineError) -> None:
     p = getattr(obj, "p", None)
     if p is not None and not 0.0 <= p <= 1.0:
-        raise PipelineError(f"{where}.p = {p} is not a probability in [0, 1]")
+        raise error(f"{where}.p = {p} is not a probability in [0, 1]")
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and v[0] > v[1]:
-            raise PipelineError(f"{where}.{f.name} = {list(v)}: the low end is above the high end")
+            raise error(f"{where}.{f.name} = {list(v)}: the low end is above the high end")
     if isinstance(obj, Recipe) and obj.size < 1:
-        raise PipelineError(f"{where}.size = {obj.size} must be at least 1")
+        raise error(f"{where}.size = {obj.size} must be at least 1")
 
 
 def build(spec=None, views: int | None = None, **overrides) -> list[Recipe]:

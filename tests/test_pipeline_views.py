@@ -157,8 +157,11 @@ def test_object_crops_structure(objects, photometric):
         known = set(b.box_classes[s].tolist())
         assert set(b["category"][s].tolist()) <= known
         n = len(b.boxes[s])
+        src = b["source"][s].tolist()
+        assert all(0 <= r < n for r in src), "source names a row of the sample's boxes"
+        assert b["category"][s].tolist() == [int(b.box_classes[s][r]) for r in src]
         if n >= 3:   # distinct picks when the image has enough boxes
-            assert len(set(b["category"][s].tolist())) == len(b["category"][s]) or len(known) < n
+            assert len(set(src)) == len(src)
     box = b["box"]
     assert box.shape == (4, 3, 4) and (box[..., 2:] >= 4).all() and (box[..., :2] >= 0).all()
     assert (box[..., 0] + box[..., 2] <= 96 + 1e-3).all() and (box[..., 1] + box[..., 3] <= 96 + 1e-3).all()

@@ -17,7 +17,10 @@ made from the whole image, so shapes stay fixed); the loader counts such samples
 
 Batch: ``views`` = one tensor (B, K, 2, 3, S, S) float32 named ``objects``; extras:
 ``mask`` (B, K) bool, ``category`` (B, K) int64 (-1: unknown or proposal), ``parent`` (B, K)
-int64 (the sample's global index), ``box`` (B, K, 4) float32 jittered ``[x, y, w, h]`` px.
+int64 (the sample's global index), ``box`` (B, K, 4) float32 jittered ``[x, y, w, h]`` px,
+``source`` (B, K) int64: the row of the picked box in the sample's boxes (n for the whole image),
+so that two picks of one box (an image with fewer boxes than K) can be told apart from two
+objects.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class ObjectCrops(ViewGenerator):
         has = fn.cast(n > 0.0, dtype=types.FLOAT)
         offset = dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * n)
         modulus = dmath.max(n, 1.0)
-        views, masks, categories, picked = [], [], [], []
+        views, masks, categories, picked, rows = [], [], [], [], []
         for k in range(o.objects):
             step = offset + dmath.floor(float(k) * n / float(o.objects))
             pick = step - dmath.floor(step / modulus) * modulus                  # step mod n
@@ -93,12 +96,14 @@ class ObjectCrops(ViewGenerator):
             masks.append(has if o.empty == "skip" else has * 0.0 + 1.0)
             categories.append(cats[row])
             picked.append(fn.stack(x, y, w, h))
+            rows.append(row)
         index = fn.cast(sample.index, dtype=types.INT64)
         return {"views": [fn.stack(*views)],
                 "extras": {"mask": fn.cast(fn.stack(*masks), dtype=types.BOOL),
                            "category": fn.stack(*categories),
                            "parent": fn.reshape(fn.stack(*([index] * o.objects)), shape=[o.objects]),
-                           "box": fn.stack(*picked)}}
+                           "box": fn.stack(*picked),
+                           "source": fn.stack(*rows)}}
 
     def jitter(self, x, y, w, h, width, height):
         o = self.options
