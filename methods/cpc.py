@@ -1,0 +1,93 @@
+"""CPC v1 (van den Oord et al., 2018) and v2 (Hénaff et al., 2019): predict the embeddings of
+patches further down the image from the context of the patches above.
+
+The image is cut into a 7 x 7 grid of overlapping 64-px patches (the ``cpc_grid`` views); the
+backbone embeds each patch (mean-pooled), a masked context network reads the rows above and
+predicts each of the next ``steps`` rows (:class:`~clvr.methods.cpc_context.CPCContext`), and
+InfoNCE scores each prediction against every patch of the batch (:func:`clvr.methods.losses.cpc`).
+
+v1: one direction (top to bottom), no normalisation in the backbone (the paper used none), a
+random crop and no colour augmentation. v2: LayerNorm instead of BatchNorm (batch statistics
+would leak information between the patches of an image), predictions from four directions
+(the grid turned by 0, 180, 90 and 270 degrees), patch-level augmentation.
+
+The papers' backbones (ResNet-v2-101, ResNet-161) are not in clvr; the default is ResNet-50.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cpc_context import CPCContext
+from .errors import MethodError
+from .logs import contrast_logs
+from .losses import cpc
+from .method import Method, MethodOutput
+from .registry import register_method
+
+LOG_ANCHORS = 256      # the logs score at most this many predictions (the loss scores all)
+
+
+@register_method("cpc_v1")
+class CPCv1(Method):
+    views = "cpc_grid"
+    view_options = {"patch_augment": False}
+    recipe = "cpc-v1"
+    in_batch_negatives = True
+    paper = "van den Oord et al., Representation Learning with Contrastive Predictive Coding, 2018"
+    reported = "48.7 (ResNet-v2-101)"
+
+    @dataclass
+    class Config(Method.Config):
+        norm: str = "none"
+        steps: int = 5
+        context_layers: int = 3
+        directions: int = 1
+        temperature: float = 1.0
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config.directions not in (1, 2, 4) or config.steps < 1 or config.context_layers < 1:
+            raise MethodError(f"method {cls.name!r}: directions must be 1, 2 or 4, steps and context_layers "
+                              f"positive; got {config.directions}, {config.steps}, {config.context_layers}")
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        c = self.config
+        self.backbone = self.make_backbone()
+        self.context = CPCContext(self.backbone.num_features, c.steps, c.context_layers, c.directions)
+
+    def objective(self, batch) -> MethodOutput:
+        patches = self.view(batch, "patches", 6)                   # (B, G, G, 3, P, P)
+        b, g1, g2 = patches.shape[:3]
+        if g1 < 2:
+            raise MethodError(f"method {self.name!r} needs a grid of at least 2 rows, got {g1}")
+        grid = self.backbone(patches.flatten(0, 2)).reshape(b, g1, g2, -1)
+        directions = self.context(grid)
+        loss = torch.stack([cpc(preds, targets, self.config.temperature) for preds, targets in directions]).mean()
+        return MethodOutput(loss, self.logs(*directions[0]))
+
+    @torch.no_grad()
+    def logs(self, predictions, targets) -> dict:
+        """One-row-ahead predictions of the first direction, scored like the loss."""
+        b, g1, g2, d = targets.shape
+        pred = predictions[0].reshape(-1, d)[:LOG_ANCHORS]
+        cells = torch.arange(b * g1 * g2, device=targets.device).reshape(b, g1, g2)
+        positive = cells[:, 1:, :].reshape(-1)[:LOG_ANCHORS]
+        return contrast_logs(pred @ targets.reshape(-1, d).T, positive)
+
+
+@register_method("cpc_v2")
+class CPCv2(CPCv1):
+    view_options = {"patch_augment": True}
+    recipe = "cpc-v2"
+    paper = "Hénaff et al., Data-Efficient Image Recognition with Contrastive Predictive Coding, 2019"
+    reported = "63.8 (ResNet-50); 71.5 (ResNet-161)"
+
+    @dataclass
+    class Config(CPCv1.Config):
+        norm: str = "layer"
+        directions: int = 4

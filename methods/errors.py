@@ -1,0 +1,5 @@
+"""Errors of the methods. Each message names the method, option or batch field at fault."""
+
+
+class MethodError(ValueError):
+    """A method cannot be built or cannot use the batch it was given (bad config, wrong views)."""

@@ -1,0 +1,207 @@
+"""``Method``: the base class of every contrastive method, built in or plugged in.
+
+One training step, from shard to loss::
+
+    ViewLoader(shards, method.views, recipe=method.recipe,       clvr.pipeline: a ViewBatch
+               view_options=method.view_options)
+      -> method(batch)                                           Method.forward:
+           1. padding samples are dropped                          prepare()
+           2. the views are embedded                               the method's encoders
+           3. negatives come from the batch, the memory bank       gathering: .distributed
+              or the queue; keys from the momentum encoder         state: .memory_bank, .queue
+           4. the loss, a pure function of tensors                 .losses
+           5. the bank / queue take this step's features           state again, after the loss
+      -> MethodOutput(loss, logs)
+    loss.backward(); optimizer.step()
+    method.after_step(step, total_steps)                          momentum encoders follow
+
+A method is a thin subclass that says what it reads (``views``, ``recipe``, ``view_options``),
+holds its hyper-parameters in a ``Config`` dataclass whose defaults are the paper's, builds its
+networks in ``__init__`` and computes ``objective(batch)``. Configs are strict: an unknown key is
+an error naming the valid keys and the nearest one; a value of the wrong type is an error too.
+
+Batches are not assumed to hold two views: a method asks for the views it needs
+(:meth:`image_views`) and says clearly what it got instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from ..pipeline.batch import ViewBatch
+from ..pipeline.recipe import apply_overrides
+from .backbones import backbone as make_image_backbone
+from .distributed import rank_and_world
+from .errors import MethodError
+
+
+class MethodOutput(NamedTuple):
+    """What a step returns: the scalar ``loss`` to minimise and detached ``logs`` (0-d tensors;
+    see :mod:`clvr.methods.logs` for the keys every method reports)."""
+    loss: torch.Tensor
+    logs: dict
+
+
+class Method(nn.Module):
+    #: registry name (set by :func:`clvr.methods.register_method`)
+    name: ClassVar[str] = ""
+    #: the view generator the method reads, its options, and the augmentation preset
+    views: ClassVar[str] = "two_view"
+    view_options: ClassVar[dict] = {}
+    recipe: ClassVar[str | None] = None
+    #: negatives come from the batch itself: gradient accumulation would change them
+    in_batch_negatives: ClassVar[bool] = False
+    #: gathers across processes (all processes must then have equal, unpadded batches)
+    gathers: ClassVar[bool] = False
+    #: needs the data set's size (a memory bank keyed by sample index)
+    needs_num_samples: ClassVar[bool] = False
+    #: the paper, and the ImageNet linear top-1 it reports (what a user is reproducing)
+    paper: ClassVar[str] = ""
+    reported: ClassVar[str] = ""
+
+    @dataclass
+    class Config:
+        backbone: str = "resnet50"     # resnet18 | resnet34 | resnet50 | tiny | timm:NAME
+        stem: str = "imagenet"         # imagenet | cifar (small images)
+        norm: str = "batch"            # batch | layer
+
+    def __init__(self, config=None, *, num_samples: int | None = None, **overrides):
+        super().__init__()
+        self.config = self.make_config(config, **overrides)
+        if self.needs_num_samples and not num_samples:
+            raise MethodError(f"method {self.name!r} keeps a memory bank with one slot per sample: "
+                              "give num_samples (the size of the training set)")
+        self.num_samples = num_samples
+
+    # -- configuration ------------------------------------------------------------------------
+
+    @classmethod
+    def make_config(cls, config=None, **overrides):
+        """``cls.Config`` from an instance, a dict (e.g. from YAML) and/or keyword overrides,
+        strictly checked."""
+        if config is None or isinstance(config, dict):
+            changes = dict(config or {})
+            config = cls.Config()
+        elif isinstance(config, cls.Config):
+            changes = {}
+        else:
+            raise MethodError(f"method {cls.name!r}: config must be a {cls.__name__}.Config or a dict, "
+                              f"got {type(config).__name__}")
+        changes.update(overrides)
+        config = apply_overrides(config, changes, f"method {cls.name!r} config", error=MethodError) \
+            if changes else config
+        cls.check_config(config)
+        return config
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Raise :class:`MethodError` for values that are well-typed but wrong (e.g. a
+        non-positive temperature). Subclasses extend it."""
+        for f in dataclasses.fields(config):
+            if f.name == "temperature" and getattr(config, f.name) <= 0:
+                raise MethodError(f"method {cls.name!r}: temperature must be positive, got {config.temperature}")
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """The default config as plain data (the paper's hyper-parameters)."""
+        return dataclasses.asdict(cls.Config())
+
+    def make_backbone(self) -> nn.Module:
+        c = self.config
+        options = {} if c.backbone.startswith("timm:") else {"stem": c.stem, "norm": c.norm}
+        try:
+            return make_image_backbone(c.backbone, **options)
+        except ValueError as e:
+            raise MethodError(f"method {self.name!r}: {e}") from None
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def forward(self, batch: ViewBatch) -> MethodOutput:
+        return self.objective(self.prepare(batch))
+
+    def objective(self, batch: ViewBatch) -> MethodOutput:
+        raise NotImplementedError(f"{type(self).__name__} must implement objective(batch)")
+
+    def after_step(self, step: int, total_steps: int) -> dict:
+        """Called after each optimiser step (momentum encoders follow the online network here).
+        ``step`` counts finished steps from 0; returns logs."""
+        return {}
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The representation to evaluate and export (the backbone, without heads)."""
+        return self.backbone
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+
+    def prepare(self, batch: ViewBatch) -> ViewBatch:
+        """Drop padding samples (``valid`` False). Under several processes a method that gathers
+        cannot: every process must contribute the same number of rows."""
+        if not isinstance(batch, ViewBatch):
+            raise MethodError(f"method {self.name!r} takes a clvr.pipeline ViewBatch, got {type(batch).__name__}")
+        if bool(batch.valid.all()):
+            return batch
+        if self.gathers and rank_and_world()[1] > 1:
+            raise MethodError(f"method {self.name!r} gathers across processes, but step {batch.step} of "
+                              f"epoch {batch.epoch} holds {int((~batch.valid).sum())} padding samples; "
+                              "read with last_batch='drop'")
+        batch = batch.select(batch.valid)
+        if len(batch) == 0:
+            raise MethodError(f"method {self.name!r}: step {batch.step} of epoch {batch.epoch} holds only padding")
+        return batch
+
+    def views_to_contrast(self, batch: ViewBatch, count: int | None = None, at_least: int = 1) -> list[torch.Tensor]:
+        """The views that the objective compares, each with the batch first: the image views
+        by default (video methods return one clip tensor per clip)."""
+        return self.image_views(batch, count, at_least)
+
+    def image_views(self, batch: ViewBatch, count: int | None = None, at_least: int = 1) -> list[torch.Tensor]:
+        """The batch's image views, each (B, 3, H, W); ``count`` exactly, or ``at_least``."""
+        views = [v for v in batch.views if v.dim() == 4 and v.shape[1] == 3]
+        n = len(views)
+        if (count is not None and n != count) or n < at_least or n != len(batch.views):
+            want = f"exactly {count}" if count is not None else f"at least {at_least}"
+            raise MethodError(f"method {self.name!r} needs {want} image views (B, 3, H, W); "
+                              f"{self.describe_batch(batch)}")
+        return views
+
+    def view(self, batch: ViewBatch, name: str, dims: int) -> torch.Tensor:
+        """View (or extra) ``name`` of the batch, which must have ``dims`` dimensions."""
+        try:
+            t = batch[name]
+        except KeyError:
+            raise MethodError(f"method {self.name!r} needs a view named {name!r}; "
+                              f"{self.describe_batch(batch)}") from None
+        if t.dim() != dims:
+            raise MethodError(f"method {self.name!r}: view {name!r} must have {dims} dimensions, "
+                              f"got {tuple(t.shape)}; {self.describe_batch(batch)}")
+        return t
+
+    def describe_batch(self, batch: ViewBatch) -> str:
+        shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in zip(batch.names, batch.views))
+        return (f"the batch (generator {batch.kind or '?'!r}) has {shapes or 'no views'}; "
+                f"this method reads the {self.views!r} generator")
+
+    @staticmethod
+    def embed(net: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``net`` applied to every view, one call per resolution (views of one size are
+        concatenated, as SimCLR's and SwAV's code do; BatchNorm sees them together)."""
+        out: list = [None] * len(views)
+        groups: dict[tuple, list[int]] = {}
+        for i, v in enumerate(views):
+            groups.setdefault(tuple(v.shape[1:]), []).append(i)
+        for idx in groups.values():
+            z = net(torch.cat([views[i] for i in idx]))
+            for i, part in zip(idx, z.chunk(len(idx))):
+                out[i] = part
+        return out
+
+
+def pairs(n: int, ordered: bool = False) -> list[tuple[int, int]]:
+    """Index pairs of ``n`` views: (i, j), i < j; or every i != j when ``ordered``."""
+    return [(i, j) for i in range(n) for j in range(n) if (i != j if ordered else i < j)]

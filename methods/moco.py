@@ -1,0 +1,129 @@
+"""MoCo v1 and v2 (He et al., 2020; Chen et al., 2020): a query encoder, a momentum key encoder
+and a queue of the keys of past batches as negatives.
+
+Queries ``q = f(view 0)``, keys ``k = f_m(view 1)`` from the momentum copy (m = 0.999, updated in
+:meth:`MoCoV1.after_step`), InfoNCE of ``q`` against ``k`` and the queue. The step's keys enter
+the queue *after* the loss, so they are never their own negatives. With ``symmetric`` every view
+is a query against every other view's key (the keys of all views are enqueued), and with ρ > 2
+views (video) the query of view 0 meets every other view's key.
+
+Shuffle-BN: BatchNorm statistics shared by a query and its key let the model cheat, so keys are
+computed on a batch shuffled across processes (:func:`~clvr.methods.distributed.shuffle_across_processes`).
+On one process there is nothing to shuffle with; the keys are then computed in ``bn_splits``
+groups of a shuffled batch, each with its own BatchNorm statistics (the remedy of MoCo's
+single-GPU CIFAR demo), so a key's statistics come from samples other than its query's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .distributed import rank_and_world, shuffle_across_processes, unshuffle_across_processes
+from .encoder import Encoder
+from .errors import MethodError
+from .heads import head
+from .logs import contrast_logs
+from .losses import info_nce
+from .method import Method, MethodOutput, pairs
+from .momentum import MomentumEncoder
+from .queue import KeyQueue
+from .registry import register_method
+
+
+def has_batch_norm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+@register_method("moco_v1")
+class MoCoV1(Method):
+    views = "two_view"
+    recipe = "mocov1"
+    gathers = True
+    paper = "He et al., Momentum Contrast for Unsupervised Visual Representation Learning, CVPR 2020"
+    reported = "60.6"
+
+    @dataclass
+    class Config(Method.Config):
+        head: str = "linear"          # linear (v1) | mlp (v2)
+        hidden: int = 2048
+        dim: int = 128
+        queue: int = 65536
+        temperature: float = 0.07
+        momentum: float = 0.999
+        shuffle_bn: bool = True
+        bn_splits: int = 8            # one process: BatchNorm groups of the key batch
+        symmetric: bool = False
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config.head not in ("linear", "mlp"):
+            raise MethodError(f"method {cls.name!r}: head = {config.head!r}; choose linear or mlp")
+        if not 0.0 <= config.momentum <= 1.0:
+            raise MethodError(f"method {cls.name!r}: momentum must be in [0, 1], got {config.momentum}")
+        if config.bn_splits < 1 or config.queue < 1:
+            raise MethodError(f"method {cls.name!r}: bn_splits and queue must be positive")
+
+    def __init__(self, config=None, **kw):
+        super().__init__(config, **kw)
+        c = self.config
+        backbone = self.make_backbone()
+        options = {"out_dim": c.dim} if c.head == "linear" else {"hidden": c.hidden, "out_dim": c.dim}
+        self.online = Encoder(backbone, head(c.head, backbone.num_features, **options), normalize=True)
+        self.key_encoder = MomentumEncoder(self.online)
+        self.queue = KeyQueue(c.queue, c.dim)
+
+    def objective(self, batch) -> MethodOutput:
+        c = self.config
+        views = self.views_to_contrast(batch, at_least=2)
+        if c.symmetric:
+            roles = pairs(len(views), ordered=True)
+        else:
+            roles = [(0, j) for j in range(1, len(views))]
+        query_views, key_views = sorted({i for i, _ in roles}), sorted({j for _, j in roles})
+        q = dict(zip(query_views, self.embed(self.online, [views[i] for i in query_views])))
+        k = {j: self.keys(views[j]) for j in key_views}
+        negatives = self.queue.negatives()              # before this step's keys go in
+        loss = torch.stack([info_nce(q[i], k[j], negatives, c.temperature, normalize=False)
+                            for i, j in roles]).mean()
+        i, j = roles[0]
+        with torch.no_grad():
+            sim = torch.cat([(q[i] * k[j]).sum(1, keepdim=True), q[i] @ negatives.T], dim=1)
+        logs = contrast_logs(sim)
+        self.queue.enqueue(torch.cat([k[j] for j in key_views]))
+        return MethodOutput(loss, logs)
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys of ``x`` from the momentum encoder, with shuffle-BN (see the module doc)."""
+        net = self.key_encoder
+        if not (self.config.shuffle_bn and self.training and has_batch_norm(net)):
+            return net(x)
+        if rank_and_world()[1] > 1:
+            shuffled, order = shuffle_across_processes(x)
+            return unshuffle_across_processes(net(shuffled), order)
+        splits = min(self.config.bn_splits, x.shape[0] // 2)
+        if splits <= 1:
+            return net(x)
+        order = torch.randperm(x.shape[0], device=x.device)
+        keys = torch.cat([net(part) for part in x[order].tensor_split(splits)])
+        return keys[torch.argsort(order)]
+
+    def after_step(self, step: int, total_steps: int) -> dict:
+        self.key_encoder.update(self.online, self.config.momentum)
+        return {}
+
+
+@register_method("moco_v2")
+class MoCoV2(MoCoV1):
+    recipe = "mocov2"
+    paper = "Chen et al., Improved Baselines with Momentum Contrastive Learning, 2020"
+    reported = "67.5 (200 epochs), 71.1 (800 epochs)"
+
+    @dataclass
+    class Config(MoCoV1.Config):
+        head: str = "mlp"
+        temperature: float = 0.2
