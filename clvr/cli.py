@@ -10,6 +10,7 @@ import sys
 from clvr import __version__
 
 def build_parser() -> argparse.ArgumentParser:
+    from clvr.methods.cli import build_parser as methods_parser
     from clvr.pipeline.cli import build_parser as views_parser
     from clvr.shards.cli import build_parser as shard_parser
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     shard_parser(sub)
     views_parser(sub)
+    methods_parser(sub)
     return parser
 
 
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.command == "views":
         from clvr.pipeline.cli import run
+        return run(args)
+    if args.command == "methods":
+        from clvr.methods.cli import run
         return run(args)
     raise AssertionError(args.command)
 

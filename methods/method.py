@@ -134,8 +134,11 @@ class Method(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        """The representation to evaluate and export (the backbone, without heads)."""
-        return self.backbone
+        """The representation to evaluate and export (the backbone, without heads): that of the
+        ``online`` :class:`~clvr.methods.encoder.Encoder` when the method has one, else
+        ``self.backbone``."""
+        online = self._modules.get("online")
+        return online.backbone if online is not None else self.backbone
 
     # -- helpers for subclasses ---------------------------------------------------------------
 
