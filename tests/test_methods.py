@@ -8,7 +8,6 @@ state, gathering on one process, logs) are the ones a full run takes.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
