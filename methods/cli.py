@@ -79,7 +79,7 @@ def plain(rows: list[dict]) -> str:
 
 def show(cls) -> str:
     flags = [text for on, text in ((cls.in_batch_negatives, "negatives from the batch (no gradient accumulation)"),
-                                   (cls.gathers, "gathers across processes"),
+                                   (cls.gathers or cls.defaults().get("gather", False), "gathers across processes"),
                                    (cls.needs_num_samples, "memory bank: needs the data set's size"))
              if on]
     lines = [f"{cls.name}: {type_name(cls)}",

@@ -5,7 +5,7 @@ are the negatives, in both directions, with a learnable temperature.
 Image: ResNet + linear projection. Text: a small transformer over UTF-8 bytes
 (:mod:`clvr.methods.text_encoder`), so no vocabulary is downloaded, + linear projection. The
 temperature is ``1 / exp(logit_scale)``, learned from 0.07, and kept at or above 0.01 (CLIP
-clips the scale at 100). Reads the ``image_text`` views: one image view and ``batch.text``.
+clips the scale at 100): :meth:`CLIP.after_step` clamps the parameter after each optimiser step. Reads the ``image_text`` views: one image view and ``batch.text``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ class CLIP(Method):
     views = "image_text"
     recipe = "simclr"
     in_batch_negatives = True
-    gathers = True
     paper = "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
 
     @dataclass
@@ -46,6 +45,7 @@ class CLIP(Method):
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
         c = self.config
+        self.gathers = c.gather
         backbone = self.make_backbone()
         try:
             words = text_encoder(c.text, max_length=c.text_length)
@@ -60,7 +60,18 @@ class CLIP(Method):
         return self.image.backbone
 
     def temperature(self) -> torch.Tensor:
-        return torch.exp(-self.logit_scale.clamp(max=math.log(1 / self.config.min_temperature)))
+        return torch.exp(-self.logit_scale.clamp(max=self.max_logit_scale))
+
+    @property
+    def max_logit_scale(self) -> float:
+        return math.log(1 / self.config.min_temperature)
+
+    def after_step(self, step: int, total_steps: int) -> dict:
+        # clamp the parameter itself (a clamp in the forward alone has no gradient above the
+        # bound, so the optimiser could push it ever further up and never bring it back)
+        with torch.no_grad():
+            self.logit_scale.clamp_(max=self.max_logit_scale)
+        return {}
 
     def objective(self, batch) -> MethodOutput:
         image = self.view(batch, "image", 4)

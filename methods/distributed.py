@@ -35,6 +35,17 @@ class _AllGather(torch.autograd.Function):
         return grad[dist.get_rank()]
 
 
+def any_across_processes(flag: bool, device=None) -> bool:
+    """True on every process when ``flag`` is True on any (a collective: every process must call
+    it). Lets one process's bad batch stop every process, instead of leaving the others waiting
+    in a gather. One process: ``flag``."""
+    if rank_and_world()[1] == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def all_gather_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
     """Every process's ``x`` (same shape on all), in rank order, differentiable. One process (or
     no process group): ``[x]``."""

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .distributed import all_gather_cat
+from .distributed import all_gather_cat, any_across_processes
 
 
 class MemoryBank(torch.nn.Module):
@@ -57,7 +57,10 @@ class MemoryBank(torch.nn.Module):
 
     def _check(self, index: torch.Tensor) -> None:
         bad = index[(index < 0) | (index >= self.num_samples)]
-        if bad.numel():
+        # every process learns of a bad index on any, so none is left waiting in a gather
+        if any_across_processes(bool(bad.numel()), index.device):
+            if not bad.numel():
+                raise IndexError("a sample index outside the memory bank on another process")
             raise IndexError(f"sample index {int(bad[0])} outside the memory bank of "
                              f"{self.num_samples} samples (is it the bank of this shard set?)")
 

@@ -36,7 +36,7 @@ from torch import nn
 from ..pipeline.batch import ViewBatch
 from ..pipeline.recipe import apply_overrides
 from .backbones import backbone as make_image_backbone
-from .distributed import rank_and_world
+from .distributed import any_across_processes, rank_and_world
 from .errors import MethodError
 
 
@@ -56,8 +56,9 @@ class Method(nn.Module):
     recipe: ClassVar[str | None] = None
     #: negatives come from the batch itself: gradient accumulation would change them
     in_batch_negatives: ClassVar[bool] = False
-    #: gathers across processes (all processes must then have equal, unpadded batches)
-    gathers: ClassVar[bool] = False
+    #: gathers across processes (all processes must then have equal, unpadded batches); methods
+    #: whose gathering is optional set it per instance from their config
+    gathers: bool = False
     #: needs the data set's size (a memory bank keyed by sample index)
     needs_num_samples: ClassVar[bool] = False
     #: the paper, and the ImageNet linear top-1 it reports (what a user is reproducing)
@@ -147,12 +148,16 @@ class Method(nn.Module):
         cannot: every process must contribute the same number of rows."""
         if not isinstance(batch, ViewBatch):
             raise MethodError(f"method {self.name!r} takes a clvr.pipeline ViewBatch, got {type(batch).__name__}")
-        if bool(batch.valid.all()):
-            return batch
+        padded = not bool(batch.valid.all())
         if self.gathers and rank_and_world()[1] > 1:
-            raise MethodError(f"method {self.name!r} gathers across processes, but step {batch.step} of "
-                              f"epoch {batch.epoch} holds {int((~batch.valid).sum())} padding samples; "
-                              "read with last_batch='drop'")
+            # decided together: padding often sits on some processes only (the last batch of an
+            # epoch under last_batch="pad"), and the others must not wait in a gather for them
+            if any_across_processes(padded, batch.valid.device):
+                raise MethodError(f"method {self.name!r} gathers across processes, but step {batch.step} of "
+                                  f"epoch {batch.epoch} holds padding samples on at least one process "
+                                  f"({int((~batch.valid).sum())} here); read with last_batch='drop'")
+        if not padded:
+            return batch
         batch = batch.select(batch.valid)
         if len(batch) == 0:
             raise MethodError(f"method {self.name!r}: step {batch.step} of epoch {batch.epoch} holds only padding")

@@ -31,7 +31,6 @@ class ObjectContrast(Method):
     views = "object_crops"
     recipe = "simclr"
     in_batch_negatives = True
-    gathers = True
     paper = "object-level contrast over boxes, in the spirit of DetCon / SoCo / ORL"
 
     @dataclass
@@ -51,6 +50,7 @@ class ObjectContrast(Method):
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
         c = self.config
+        self.gathers = c.gather
         backbone = self.make_backbone()
         self.online = Encoder(backbone, mlp_head(backbone.num_features, c.hidden, c.dim, batch_norm=True))
 
@@ -88,7 +88,8 @@ class ObjectContrast(Method):
         a, p = F.normalize(za[valid], dim=1), F.normalize(zb[valid], dim=1)
         g = group[valid]
         n = a.shape[0]
-        if n == 0:
-            return {}
+        if n == 0:      # no object in this batch: the logs say so rather than vanish
+            nan = torch.tensor(float("nan"), device=za.device)
+            return {"pos_sim": nan, "neg_sim": nan, "pos_acc": nan}
         eye = torch.eye(n, dtype=torch.bool, device=a.device)
         return contrast_logs(a @ p.T, torch.arange(n, device=a.device), (g[:, None] == g[None, :]) & ~eye)

@@ -37,8 +37,9 @@ class KeyQueue(torch.nn.Module):
         keys = all_gather_cat(keys.detach().to(self.keys))
         n = keys.shape[0]
         if self.size % n:
-            raise ValueError(f"the queue size {self.size} is not a multiple of the global batch {n} "
-                             "(batch per process x processes); choose a size that is")
+            raise ValueError(f"the queue size {self.size} is not a multiple of the {n} keys enqueued per step "
+                             "(batch per process x processes, x the key views of a symmetric or "
+                             "multi-view MoCo); choose a size that is")
         p = int(self.pointer)
         self.keys[p:p + n] = keys
         self.pointer.fill_((p + n) % self.size)

@@ -35,7 +35,6 @@ class SimCLR(Method):
     views = "two_view"
     recipe = "simclr"
     in_batch_negatives = True
-    gathers = True
     paper = "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020"
     reported = "69.3"
 
@@ -49,6 +48,7 @@ class SimCLR(Method):
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
         c = self.config
+        self.gathers = c.gather
         backbone = self.make_backbone()
         self.online = Encoder(backbone, mlp_head(backbone.num_features, c.hidden, c.dim, batch_norm=True))
 

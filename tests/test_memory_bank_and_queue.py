@@ -64,7 +64,7 @@ def test_queue_is_fifo_and_wraps_around():
 
 def test_queue_size_must_be_a_multiple_of_the_global_batch():
     q = KeyQueue(size=10, dim=2)
-    with pytest.raises(ValueError, match="not a multiple of the global batch 3"):
+    with pytest.raises(ValueError, match="not a multiple of the 3 keys enqueued per step"):
         q.enqueue(torch.randn(3, 2))
 
 
