@@ -33,6 +33,7 @@ demo: setup
 bench: setup
 	$(PY) bench/shard_throughput.py
 	$(PY) bench/pipeline_throughput.py
+	$(PY) bench/method_bookkeeping.py --size 32 --steps 2 --repeats 10
 
 clean:
 	rm -rf $(VENV) $(DATA) bench/out .pytest_cache

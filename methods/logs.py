@@ -29,17 +29,23 @@ def contrast_logs(sim: torch.Tensor, positive: torch.Tensor | None = None,
         exclude: (N, C) bool, True where a column is not a candidate of that anchor (the anchor
             itself in SimCLR, another view of the same object); neither positive nor negative.
     """
-    sim = sim.detach().float()
+    # a few passes over sim (it can be the (B, 65536) scores of MoCo's queue)
+    sim = sim.detach()
     n, c = sim.shape
     if positive is None:
         positive = torch.zeros(n, dtype=torch.long, device=sim.device)
-    is_pos = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, positive[:, None], True)
-    is_neg = ~is_pos if exclude is None else ~is_pos & ~exclude
-    pos = sim.gather(1, positive[:, None]).squeeze(1)
-    neg_count = is_neg.sum()
-    neg_mean = (sim * is_neg).sum() / neg_count.clamp(min=1)
-    hardest = sim.masked_fill(~is_neg, float("-inf")).amax(1)
-    return {"pos_sim": pos.mean(), "neg_sim": neg_mean,
+    pos = sim.gather(1, positive[:, None])
+    neg_sum = sim.sum(dtype=torch.float64) - pos.sum(dtype=torch.float64)
+    neg_count = n * (c - 1)
+    negatives = sim.scatter(1, positive[:, None], float("-inf"))          # a copy: only negatives left
+    if exclude is not None:
+        exclude = exclude.scatter(1, positive[:, None], False)            # the positive stays positive
+        neg_sum = neg_sum - torch.where(exclude, sim, 0).sum(dtype=torch.float64)
+        neg_count = neg_count - exclude.sum()
+        negatives.masked_fill_(exclude, float("-inf"))
+    hardest = negatives.amax(1, keepdim=True)
+    neg_mean = neg_sum / neg_count if isinstance(neg_count, int) and neg_count else neg_sum / max(int(neg_count), 1)
+    return {"pos_sim": pos.float().mean(), "neg_sim": neg_mean.float(),
             "pos_acc": (pos > hardest).float().mean()}
 
 

@@ -26,7 +26,7 @@ from .encoder import Encoder
 from .errors import MethodError
 from .heads import head
 from .logs import contrast_logs
-from .losses import info_nce
+from .losses import info_nce_from_logits, info_nce_logits
 from .method import Method, MethodOutput, pairs
 from .momentum import MomentumEncoder
 from .queue import KeyQueue
@@ -87,12 +87,9 @@ class MoCoV1(Method):
         q = dict(zip(query_views, self.embed(self.online, [views[i] for i in query_views])))
         k = {j: self.keys(views[j]) for j in key_views}
         negatives = self.queue.negatives()              # before this step's keys go in
-        loss = torch.stack([info_nce(q[i], k[j], negatives, c.temperature, normalize=False)
-                            for i, j in roles]).mean()
-        i, j = roles[0]
-        with torch.no_grad():
-            sim = torch.cat([(q[i] * k[j]).sum(1, keepdim=True), q[i] @ negatives.T], dim=1)
-        logs = contrast_logs(sim)
+        logits = [info_nce_logits(q[i], k[j], negatives, c.temperature, normalize=False) for i, j in roles]
+        loss = torch.stack([info_nce_from_logits(x) for x in logits]).mean()
+        logs = contrast_logs(logits[0].detach() * c.temperature)       # cosines of the first pair
         self.queue.enqueue(torch.cat([k[j] for j in key_views]))
         return MethodOutput(loss, logs)
 

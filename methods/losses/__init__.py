@@ -17,9 +17,9 @@ loss only computes its formula.
 
 from .byol import byol
 from .cpc import cpc
-from .info_nce import info_nce
+from .info_nce import info_nce, info_nce_from_logits, info_nce_logits
 from .nce import nce, nce_log_z
 from .nt_xent import nt_xent
 from .pairwise import pairwise_info_nce
 
-__all__ = ["byol", "cpc", "info_nce", "nce", "nce_log_z", "nt_xent", "pairwise_info_nce"]
+__all__ = ["byol", "cpc", "info_nce", "info_nce_from_logits", "info_nce_logits", "nce", "nce_log_z", "nt_xent", "pairwise_info_nce"]

@@ -10,6 +10,21 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
              temperature: float = 0.07, normalize: bool = True) -> torch.Tensor:
     """Mean over queries of ``-log softmax([q.p, q.n_1, ..., q.n_K] / temperature)[0]``.
 
+    Args: as :func:`info_nce_logits`, whose logits it scores.
+    """
+    return info_nce_from_logits(info_nce_logits(query, positive, negatives, temperature, normalize))
+
+
+def info_nce_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """InfoNCE of (N, 1 + K) logits whose column 0 is the positive."""
+    return torch.logsumexp(logits, dim=1).sub(logits[:, 0]).mean()
+
+
+def info_nce_logits(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+                    temperature: float = 0.07, normalize: bool = True) -> torch.Tensor:
+    """The (N, 1 + K) logits ``[q.p, q.n_1, ..., q.n_K] / temperature`` of InfoNCE (a method that
+    also logs the similarities takes them from here rather than scoring the negatives twice).
+
     Args:
         query: (N, D).
         positive: (N, D), the positive of each query.
@@ -31,5 +46,4 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
         neg = query @ negatives.T                                           # (N, K)
     else:
         neg = torch.einsum("nd,nkd->nk", query, negatives)
-    logits = torch.cat([pos, neg], dim=1) / temperature
-    return torch.logsumexp(logits, dim=1).sub(logits[:, 0]).mean()
+    return torch.cat([pos, neg], dim=1) / temperature
