@@ -28,7 +28,17 @@ May import :mod:`clvr.pipeline` and :mod:`clvr.shards`.
 """
 
 from .errors import MethodError
-from .method import Method, MethodOutput
-from .registry import available, get_method, register_method
 
 __all__ = ["Method", "MethodError", "MethodOutput", "available", "get_method", "register_method"]
+
+
+def __getattr__(name):
+    # Method loads torch: `import clvr.methods` stays light, so the `clvr` command can build its
+    # parser (clvr.methods.cli) without it.
+    if name in ("Method", "MethodOutput"):
+        from . import method
+        return getattr(method, name)
+    if name in ("available", "get_method", "register_method"):
+        from . import registry
+        return getattr(registry, name)
+    raise AttributeError(name)
