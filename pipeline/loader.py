@@ -169,6 +169,7 @@ class ViewLoader:
         self.epoch = 0
         self._pos = 0                       # batches of the current stream epoch already run
         self._runs = 0                      # batches run by the current DALI pipeline
+        self._seek_step = 0                 # seek(): the next epoch starts at this step
         self._build()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -303,11 +304,27 @@ class ViewLoader:
             return self.steps_per_epoch * self.batch_size
         return self.part_size
 
+    def seek(self, epoch: int, step: int) -> None:
+        """Position a fresh loader at step ``step`` of epoch ``epoch``, as if it had yielded the
+        batches before (resuming a run: the same seed gives the same stream, so the next batch
+        is the one the interrupted run would have read). The skipped batches are read and
+        decoded, but their views are not made."""
+        if self.epoch or self._pos or self._runs:
+            raise PipelineError("seek() needs a fresh loader (nothing read yet)")
+        if epoch < 0 or not 0 <= step < max(self.steps_per_epoch, 1):
+            raise PipelineError(f"seek({epoch}, {step}): step must be in [0, {self.steps_per_epoch})")
+        while self.epoch < epoch:
+            self._run()
+        for _ in range(step):
+            self._run()
+        self._seek_step = step
+
     def __iter__(self):
-        if self._pos:
+        start, self._seek_step = self._seek_step, 0
+        if self._pos and not start:
             self._drain()
         epoch = self.epoch
-        for step in range(self.steps_per_epoch):
+        for step in range(start, self.steps_per_epoch):
             if step >= self.steps_per_epoch:      # a skip rebuilt the pipeline with fewer samples
                 break
             outs = self._run()

@@ -111,6 +111,36 @@ def test_same_seed_same_batches_other_seed_other_batches(digits):
     assert not torch.equal(a[0], c[0])
 
 
+def test_seek_resumes_the_stream_at_the_same_batch(digits):
+    """A fresh loader positioned with seek(e, s) yields what the one that ran there yields next,
+    views included (what a resumed training run relies on)."""
+    ran = loader(digits / "train", seed=5)
+    steps = len(ran)
+    seen = []
+    for epoch in range(3):
+        for step, b in enumerate(ran):
+            seen.append((epoch, step, b.index.clone(), b.views[0].clone()))
+    for e, s in [(0, 3), (1, 0), (2, steps - 1)]:
+        fresh = loader(digits / "train", seed=5)
+        fresh.seek(e, s)
+        got = list(fresh)
+        expected = [x for x in seen if x[0] == e and x[1] >= s]
+        assert len(got) == len(expected) == steps - s
+        for b, (_, step, index, view) in zip(got, expected):
+            assert b.step == step and b.epoch == e
+            assert torch.equal(b.index, index) and torch.equal(b.views[0], view)
+        nxt = next(iter(fresh), None)
+        if e < 2:
+            following = [x for x in seen if x[0] == e + 1][0]
+            assert torch.equal(nxt.index, following[2]), "the epoch after a seek is exact too"
+    used = loader(digits / "train", seed=5)
+    next(iter(used))
+    with pytest.raises(PipelineError, match="fresh loader"):
+        used.seek(1, 0)
+    with pytest.raises(PipelineError, match="step must be in"):
+        loader(digits / "train", seed=5).seek(0, steps)
+
+
 def test_no_shuffle_reads_in_stored_order(digits):
     ld = loader(digits / "train", shuffle=False, last_batch="pad")
     seen = epochs(ld, 1)[0]
