@@ -37,6 +37,8 @@ def byol_logs(p: torch.Tensor, z: torch.Tensor) -> dict:
 class BYOL(Method):
     views = "two_view"
     recipe = "byol"
+    training = {"optim": {"name": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "momentum": 0.9},
+                "schedule": {"kind": "cosine", "warmup_epochs": 10}, "epochs": 1000}
     paper = "Grill et al., Bootstrap Your Own Latent, NeurIPS 2020"
     reported = "74.3"
 

@@ -75,6 +75,8 @@ class InstDisc(MemoryBankMethod):
     views = "two_view"
     view_options = {"views": 1}
     recipe = "instdisc"
+    training = {"optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9},
+                "schedule": {"kind": "step", "milestones": [120, 160], "gamma": 0.1}, "epochs": 200}
     paper = "Wu et al., Unsupervised Feature Learning via Non-Parametric Instance Discrimination, CVPR 2018"
     reported = "54.0"
 

@@ -61,6 +61,8 @@ class Method(nn.Module):
     gathers: bool = False
     #: needs the data set's size (a memory bank keyed by sample index)
     needs_num_samples: ClassVar[bool] = False
+    #: the paper's training settings, as overrides of clvr train's config (optim, schedule, epochs)
+    training: ClassVar[dict] = {}
     #: the paper, and the ImageNet linear top-1 it reports (what a user is reproducing)
     paper: ClassVar[str] = ""
     reported: ClassVar[str] = ""
@@ -112,11 +114,17 @@ class Method(nn.Module):
         """The default config as plain data (the paper's hyper-parameters)."""
         return dataclasses.asdict(cls.Config())
 
-    def make_backbone(self) -> nn.Module:
+    #: what the backbone reads: "image" (B, 3, H, W) or "video" (B, T, 3, H, W)
+    input_kind: ClassVar[str] = "image"
+
+    def backbone_options(self) -> dict:
+        """The options :meth:`make_backbone` passes with the name (also written into exports)."""
         c = self.config
-        options = {} if c.backbone.startswith("timm:") else {"stem": c.stem, "norm": c.norm}
+        return {} if c.backbone.startswith("timm:") else {"stem": c.stem, "norm": c.norm}
+
+    def make_backbone(self) -> nn.Module:
         try:
-            return make_image_backbone(c.backbone, **options)
+            return make_image_backbone(self.config.backbone, **self.backbone_options())
         except ValueError as e:
             raise MethodError(f"method {self.name!r}: {e}") from None
 

@@ -42,6 +42,8 @@ class MoCoV1(Method):
     views = "two_view"
     recipe = "mocov1"
     gathers = True
+    training = {"optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9},
+                "schedule": {"kind": "step", "milestones": [120, 160], "gamma": 0.1}, "epochs": 200}
     paper = "He et al., Momentum Contrast for Unsupervised Visual Representation Learning, CVPR 2020"
     reported = "60.6"
 
@@ -117,6 +119,8 @@ class MoCoV1(Method):
 @register_method("moco_v2")
 class MoCoV2(MoCoV1):
     recipe = "mocov2"
+    training = {"optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9},
+                "schedule": {"kind": "cosine"}, "epochs": 200}
     paper = "Chen et al., Improved Baselines with Momentum Contrastive Learning, 2020"
     reported = "67.5 (200 epochs), 71.1 (800 epochs)"
 

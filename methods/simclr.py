@@ -35,6 +35,8 @@ class SimCLR(Method):
     views = "two_view"
     recipe = "simclr"
     in_batch_negatives = True
+    training = {"optim": {"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "momentum": 0.9},
+                "schedule": {"kind": "cosine", "warmup_epochs": 10}, "epochs": 1000}
     paper = "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020"
     reported = "69.3"
 

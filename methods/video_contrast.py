@@ -38,13 +38,18 @@ class VideoViews:
                               f"clips), got {rho}")
         return list(clips.unbind(1))
 
-    def make_backbone(self):
+    input_kind = "video"
+
+    def backbone_options(self) -> dict:
         c = self.config
         options = {} if "timm:" in c.backbone else {"norm": c.norm}
         if c.backbone.startswith("frames:") and options:
             options["stem"] = c.stem             # the image backbone's stem
+        return options
+
+    def make_backbone(self):
         try:
-            return video_backbone(c.backbone, **options)
+            return video_backbone(self.config.backbone, **self.backbone_options())
         except ValueError as e:
             raise MethodError(f"method {self.name!r}: {e}") from None
 

@@ -1,0 +1,227 @@
+"""The configuration of ``clvr train``: YAML plus dataclasses, strictly checked.
+
+A run's configuration is built in layers, each checked against the dataclasses below (an unknown
+key is an error naming the valid keys and the nearest one; a value of the wrong type is too):
+
+1. the defaults of :class:`TrainConfig`;
+2. the method's paper settings (``Method.training``: optimiser, schedule, epochs);
+3. a YAML file (``--config``);
+4. ``--set key=value`` overrides, with dotted keys (``--set optim.lr=0.5``,
+   ``--set model.temperature=0.2``; values are YAML).
+
+``model`` holds the method's own hyper-parameters; they are checked by the method's ``Config``
+when it is built. The resolved configuration is written to the run directory as
+``config.yaml``, and a run can be repeated from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..pipeline.recipe import apply_overrides
+from .errors import MethodError
+
+
+class ConfigError(MethodError):
+    """A training configuration that cannot be used; names the key or file at fault."""
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 256            # per process; the global batch is this x processes
+    views: str = ""                  # "": the method's view generator
+    view_options: dict = field(default_factory=dict)    # on top of the method's
+    recipe: str = ""                 # "": the method's preset (a name or a YAML file)
+    device: str = "auto"             # where DALI decodes and augments: auto | cpu | gpu
+    photometric: str = "dali"        # dali | kornia
+    threads: int = 0                 # DALI threads per process; 0: the loader's default
+    shuffle_buffer: int = 1024
+    on_error: str = "raise"          # raise | skip (bad samples are skipped and counted)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"                # sgd | adamw | lars
+    lr: float = 0.03                 # for a global batch of 256; scaled by lr_scaling
+    lr_scaling: str = "linear"       # linear (x batch / 256) | sqrt | none
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    eta: float = 0.001               # LARS trust coefficient
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "cosine"             # cosine | step | constant
+    warmup_epochs: float = 0.0
+    milestones: list = field(default_factory=list)     # epochs, for kind = step
+    gamma: float = 0.1
+    final: float = 0.0               # cosine's last multiplier of the peak lr
+
+
+@dataclass
+class TrainConfig:
+    method: str = "simclr"
+    model: dict = field(default_factory=dict)          # the method's Config overrides
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    epochs: int = 200
+    max_steps: int = 0               # stop after this many steps (0: epochs x steps per epoch)
+    seed: int = 0
+    precision: str = "no"            # no | bf16 | fp16 (accelerate's mixed precision)
+    channels_last: bool = False
+    compile: bool = False            # torch.compile the backbone
+    grad_accum: int = 1              # refused for methods whose negatives come from the batch
+    checkpoint_every: int = 1000     # steps; 0: only at the end (and on SIGTERM)
+    keep: int = 3                    # checkpoints kept
+    log_every: int = 10              # steps between metric lines
+    on_nonfinite: str = "stop"       # stop | skip (a step with a non-finite loss is skipped)
+    progress: bool = True
+
+
+CHOICES = {
+    "data.device": ("auto", "cpu", "gpu"), "data.photometric": ("dali", "kornia"),
+    "data.on_error": ("raise", "skip"), "optim.name": ("sgd", "adamw", "lars"),
+    "optim.lr_scaling": ("linear", "sqrt", "none"), "schedule.kind": ("cosine", "step", "constant"),
+    "precision": ("no", "bf16", "fp16"), "on_nonfinite": ("stop", "skip"),
+}
+
+
+def _get(config, dotted: str):
+    obj = config
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check(config: TrainConfig) -> TrainConfig:
+    for key, choices in CHOICES.items():
+        if _get(config, key) not in choices:
+            raise ConfigError(f"config {key} = {_get(config, key)!r}; choose one of {', '.join(choices)}")
+    positive = {"data.batch_size": config.data.batch_size, "epochs": config.epochs, "keep": config.keep,
+                "grad_accum": config.grad_accum, "log_every": config.log_every}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config {key} = {value} must be at least 1")
+    for key in ("max_steps", "checkpoint_every", "data.threads"):
+        if _get(config, key) < 0:
+            raise ConfigError(f"config {key} = {_get(config, key)} must not be negative")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"config optim.lr = {config.optim.lr} must be positive")
+    ms = config.schedule.milestones
+    if not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in ms) or list(ms) != sorted(ms):
+        raise ConfigError(f"config schedule.milestones = {ms!r} must be increasing numbers (epochs)")
+    if config.schedule.kind == "step" and not ms:
+        raise ConfigError("config schedule.kind = step needs schedule.milestones (epochs), e.g. [120, 160]")
+    if not 0 < config.schedule.gamma <= 1 or not 0 <= config.schedule.final <= 1:
+        raise ConfigError("config schedule.gamma must be in (0, 1] and schedule.final in [0, 1]")
+    if not isinstance(config.model, dict) or not isinstance(config.data.view_options, dict):
+        raise ConfigError("config model and data.view_options must be mappings")
+    return config
+
+
+def method_defaults(method_cls) -> dict:
+    """The paper's training settings of a method (``Method.training``), as overrides."""
+    return copy.deepcopy(getattr(method_cls, "training", {}) or {})
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["optim.lr=0.5", "model.temperature=0.2"]`` -> nested overrides (values parsed as YAML)."""
+    import yaml
+    out: dict = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.5")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set twice, once as a value")
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path) -> dict:
+    import yaml
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("model", "view_options"):
+            out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def build(method: str | None = None, config_file=None, sets: list[str] | None = None,
+          overrides: dict | None = None) -> TrainConfig:
+    """The resolved configuration: defaults, then the method's paper settings, then the YAML
+    file, then ``--set`` items, then ``overrides`` (a dict, for code)."""
+    from .registry import get_method
+    layers = []
+    if config_file:
+        layers.append((read_yaml(config_file), str(config_file)))
+    if sets:
+        layers.append((parse_set(sets), "--set"))
+    if overrides:
+        layers.append((overrides, "overrides"))
+    name = method
+    for data, _ in layers:
+        name = data.get("method", name)
+    name = name or TrainConfig.method
+    cls = get_method(name)
+    changes = _merge(method_defaults(cls), {"method": name})
+    for data, _ in layers:
+        changes = _merge(changes, data)
+    if method:
+        changes["method"] = method
+    where = "config"
+    config = apply_overrides(TrainConfig(), changes, where, error=ConfigError)
+    return check(config)
+
+
+def to_dict(config: TrainConfig) -> dict:
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(config))
+
+
+def write_yaml(config: TrainConfig, path) -> None:
+    import yaml
+    from ..shards.fileio import write_atomic
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    write_atomic(Path(path), text.encode())

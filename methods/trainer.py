@@ -1,0 +1,272 @@
+"""``clvr train``: shards in, a trained encoder out, under accelerate.
+
+One process runs it as is; ``accelerate launch`` runs it unchanged on several processes, GPUs
+or machines (every process reads its own part of the shards, see :mod:`clvr.pipeline.loader`).
+
+The loop, per step::
+
+    batch = next(loader)                         a ViewBatch on this process's device
+    loss, logs = method(batch)                   clvr.methods (gathers across processes itself)
+    accelerator.backward(loss)                   DDP averages the gradients
+    optimizer.step(); scheduler.step()           lr = base x global batch / 256, warm-up, decay
+    method.after_step(step, total)               momentum encoders
+    metrics.jsonl, progress bar, checkpoints     on the main process
+
+Checkpoints (:mod:`.checkpoint`) hold everything a resume needs: the method (with its memory bank,
+queue and momentum encoder), the optimiser, the scheduler, the gradient scaler, every process's
+RNG states, the position in the data (epoch, step) and the configuration. ``--resume auto``
+continues from the newest one; the loader is positioned at the same batch (:meth:`ViewLoader.seek`),
+so on one process a resumed run ends with the same weights as an uninterrupted one.
+
+SIGTERM (a preempted job) writes a checkpoint at the end of the current step and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from . import train_config as cfg
+from .checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from .errors import MethodError
+from .optimizers import build_optimizer, scaled_lr
+from .schedules import build_scheduler, epochs_to_steps
+
+
+class TrainingError(MethodError):
+    """Training cannot go on (non-finite loss, bad data for the method); names what and where."""
+
+
+def _normalization(loader) -> dict:
+    r = loader.ctx.recipe(0)
+    return {"mean": list(r.normalize.mean), "std": list(r.normalize.std), "size": int(r.size)}
+
+
+class Trainer:
+    """Build everything for a run from its configuration; :meth:`run` trains."""
+
+    def __init__(self, config: cfg.TrainConfig, data, out, resume: str | None = None):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        from ..pipeline import ViewLoader
+        from .registry import get_method
+
+        self.config, self.out = config, Path(out)
+        self.method_cls = get_method(config.method)
+        cls = self.method_cls
+        if config.grad_accum > 1 and cls.in_batch_negatives:
+            raise cfg.ConfigError(
+                f"grad_accum = {config.grad_accum}: method {cls.name!r} takes its negatives from the batch, "
+                "so accumulating gradients over small batches would change its objective (fewer negatives), "
+                "not just its memory use; use more processes or a smaller model instead")
+        # buffers (memory bank, queue) are kept equal by the methods' own gathering: DDP must not
+        # broadcast them every step
+        ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+        self.accelerator = Accelerator(mixed_precision=config.precision, cpu=not torch.cuda.is_available(),
+                                       gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
+        acc = self.accelerator
+        torch.manual_seed(config.seed)
+        d = config.data
+        view_options = {**cls.view_options, **d.view_options}
+        self.loader = ViewLoader(data, d.views or cls.views, recipe=d.recipe or cls.recipe,
+                                 batch_size=d.batch_size, device=d.device, rank=acc.process_index,
+                                 world_size=acc.num_processes, local_rank=acc.local_process_index,
+                                 seed=config.seed, last_batch="drop", num_threads=d.threads or None,
+                                 shuffle_buffer=d.shuffle_buffer, on_error=d.on_error, photometric=d.photometric,
+                                 view_options=view_options, torch_device=acc.device)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch < 1:
+            raise TrainingError(f"{data}: {self.loader.num_samples} samples give no full batch of "
+                                f"{d.batch_size} per process on {acc.num_processes} process(es)")
+        self.total_steps = config.epochs * self.steps_per_epoch
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.method = cls(config.model, num_samples=self.loader.num_samples)
+        if config.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        if config.compile:
+            self.method.encoder.compile()
+        self.global_batch = d.batch_size * acc.num_processes
+        o = config.optim
+        self.peak_lr = scaled_lr(o.lr, self.global_batch, o.lr_scaling)
+        optimizer = build_optimizer(o.name, self.method, self.peak_lr, o.weight_decay, momentum=o.momentum,
+                                    nesterov=o.nesterov, betas=o.betas, eta=o.eta)
+        s = config.schedule
+        k = config.grad_accum              # the schedule counts optimiser steps
+        updates = max(self.total_steps // k, 1)
+        milestones = tuple(m // k for m in epochs_to_steps(list(s.milestones), self.steps_per_epoch)
+                           if 0 < m // k < updates)
+        kind = "constant" if s.kind == "step" and not milestones else s.kind     # all beyond a short run
+        self.scheduler = build_scheduler(
+            optimizer, updates, min(epochs_to_steps(s.warmup_epochs, self.steps_per_epoch) // k, updates), kind,
+            **({"milestones": milestones, "gamma": s.gamma} if kind == "step" else {}),
+            **({"final": s.final} if kind == "cosine" else {}))
+        self.model, self.optimizer = acc.prepare(self.method.to(acc.device), optimizer)
+        self.step, self.skipped_steps = 0, 0
+        self.resumed_from = None
+        path = resolve_resume(self.out, resume)
+        if path is not None:
+            self._restore(path)
+        self._stop = False
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        acc = self.accelerator
+        rng = rng_state()
+        if acc.num_processes > 1:
+            import torch.distributed as dist
+            every = [None] * acc.num_processes
+            dist.all_gather_object(every, rng)
+            rng = every
+        else:
+            rng = [rng]
+        encoder = self.method.encoder
+        prefix = next(name for name, module in self.method.named_modules() if module is encoder) + "."
+        kind = self.method.input_kind
+        return {"step": self.step, "epoch": self.step // self.steps_per_epoch,
+                "position": self.step % self.steps_per_epoch, "method": self.method_cls.name,
+                "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                "rng": rng, "config": cfg.to_dict(self.config), "skipped_steps": self.skipped_steps,
+                "world_size": acc.num_processes,
+                "encoder": {"prefix": prefix,
+                            "architecture": {"kind": kind, "name": self.method.config.backbone,
+                                             "options": self.method.backbone_options(),
+                                             "num_features": int(encoder.num_features)},
+                            "input": {**_normalization(self.loader),
+                                      "layout": "B,T,3,H,W" if kind == "video" else "B,3,H,W"}}}
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state.get("method") != self.method_cls.name:
+            raise TrainingError(f"{path}: a checkpoint of method {state.get('method')!r}, not {self.method_cls.name!r}")
+        if state.get("world_size") != self.accelerator.num_processes:
+            raise TrainingError(f"{path}: written by {state.get('world_size')} process(es); resume with as many "
+                                f"(now {self.accelerator.num_processes}), or the data order and negatives differ")
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][self.accelerator.process_index])
+        self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
+        if self.step < self.total_steps:
+            self.loader.seek(self.step // self.steps_per_epoch, self.step % self.steps_per_epoch)
+        self.resumed_from = path
+
+    def checkpoint(self) -> Path | None:
+        state = self._state()           # every process takes part (RNG states are gathered)
+        path = None
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(self.out, self.step, state, keep=self.config.keep)
+        self.accelerator.wait_for_everyone()
+        self.last_checkpoint = path
+        return path
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _on_sigterm(self, signum, frame):
+        self._stop = True
+
+    def run(self) -> dict:
+        acc, c = self.accelerator, self.config
+        main = acc.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.write_yaml(c, self.out / "config.yaml")
+        self.last_checkpoint = None
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        metrics = open(self.out / "metrics.jsonl", "a") if main else None
+        bar = None
+        if main and c.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                       desc=f"{self.method_cls.name}")
+        try:
+            result = self._loop(metrics, bar)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if bar is not None:
+                bar.close()
+            if metrics is not None:
+                metrics.close()
+        return result
+
+    def _loop(self, metrics, bar) -> dict:
+        acc, c = self.accelerator, self.config
+        tick, seen = time.perf_counter(), 0
+        while self.step < self.total_steps and not self._stop:
+            epoch = self.step // self.steps_per_epoch
+            for batch in self.loader:
+                if self.step >= self.total_steps or self._stop:
+                    break
+                logs = self._train_step(batch)
+                self.step += 1
+                seen += len(batch) * acc.num_processes
+                write = metrics is not None and (self.step % c.log_every == 0 or self.step == self.total_steps)
+                if bar is not None or write:
+                    rate = seen / max(time.perf_counter() - tick, 1e-9)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
+                    if write:
+                        metrics.write(json.dumps({"step": self.step, "epoch": epoch, "lr": lr,
+                                                  "images_per_s": rate, **logs}) + "\n")
+                        metrics.flush()
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.checkpoint()
+        path = self.checkpoint()
+        stopped = self._stop and self.step < self.total_steps
+        return {"steps": self.step, "total_steps": self.total_steps, "checkpoint": path,
+                "stopped_by_signal": stopped, "skipped_steps": self.skipped_steps,
+                "resumed_from": self.resumed_from}
+
+    def _train_step(self, batch) -> dict:
+        acc, c = self.accelerator, self.config
+        with acc.accumulate(self.model):
+            with acc.autocast():
+                out = self.model(batch)
+            loss = out.loss
+            bad = not math.isfinite(float(loss.detach()))
+            if acc.num_processes > 1:
+                from .distributed import any_across_processes
+                bad = any_across_processes(bad, loss.device)
+            if bad:
+                if c.on_nonfinite == "stop":
+                    where = self.last_checkpoint or "none yet (the run's start)"
+                    raise TrainingError(
+                        f"step {self.step}: the loss is {float(loss.detach())} (not finite); stopping. "
+                        f"The last good checkpoint is {where}. Lower optim.lr, check the data, or set "
+                        "on_nonfinite=skip to skip such steps")
+                self.skipped_steps += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                return {"loss": float("nan"), "skipped": 1}
+            acc.backward(loss)
+            self.optimizer.step()
+            if acc.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        extra = {}
+        if acc.sync_gradients:      # an optimiser step happened: momentum encoders follow
+            k = c.grad_accum
+            extra = self.method.after_step(self.step // k, max(self.total_steps // k, 1)) or {}
+        logs = {"loss": float(loss.detach())}
+        logs.update({k: float(v) for k, v in out.logs.items()})
+        logs.update({k: float(v) for k, v in extra.items()})
+        return logs
+
+
+def train(method: str | None, data, out, config_file=None, sets=None, overrides=None, resume=None) -> dict:
+    """Resolve the configuration and train; returns a summary (steps, last checkpoint...)."""
+    config = cfg.build(method, config_file, sets, overrides)
+    trainer = Trainer(config, data, out, resume=resume)
+    return trainer.run()
