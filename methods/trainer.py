@@ -27,6 +27,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -65,7 +66,9 @@ class Trainer:
                 "so accumulating gradients over small batches would change its objective (fewer negatives), "
                 "not just its memory use; use more processes or a smaller model instead")
         # buffers (memory bank, queue) are kept equal by the methods' own gathering: DDP must not
-        # broadcast them every step
+        # broadcast them every step. (torch 2.13 calls the flag deprecated in favour of one that
+        # accelerate cannot pass yet; it still does what it says.)
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
         self.accelerator = Accelerator(mixed_precision=config.precision, cpu=not torch.cuda.is_available(),
                                        gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
