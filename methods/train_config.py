@@ -82,6 +82,7 @@ class TrainConfig:
     log_every: int = 10              # steps between metric lines
     on_nonfinite: str = "stop"       # stop | skip (a step with a non-finite loss is skipped)
     progress: bool = True
+    tensorboard: bool = True         # also log to OUT/tensorboard when tensorboard is installed
 
 
 CHOICES = {

@@ -23,6 +23,7 @@ SIGTERM (a preempted job) writes a checkpoint at the end of the current step and
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import signal
@@ -48,6 +49,16 @@ def _normalization(loader) -> dict:
     return {"mean": list(r.normalize.mean), "std": list(r.normalize.std), "size": int(r.size)}
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 class Trainer:
     """Build everything for a run from its configuration; :meth:`run` trains."""
 
@@ -70,8 +81,11 @@ class Trainer:
         # accelerate cannot pass yet; it still does what it says.)
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+        self.tensorboard = config.tensorboard and importlib.util.find_spec("tensorboard") is not None
         self.accelerator = Accelerator(mixed_precision=config.precision, cpu=not torch.cuda.is_available(),
-                                       gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
+                                       gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp],
+                                       log_with="tensorboard" if self.tensorboard else None,
+                                       project_dir=str(self.out))
         acc = self.accelerator
         torch.manual_seed(config.seed)
         d = config.data
@@ -187,6 +201,9 @@ class Trainer:
         self.last_checkpoint = None
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         metrics = open(self.out / "metrics.jsonl", "a") if main else None
+        if self.tensorboard:
+            acc.init_trackers("tensorboard", config={k: v for k, v in _flat(cfg.to_dict(c)).items()
+                                                     if isinstance(v, (int, float, str, bool))})
         bar = None
         if main and c.progress:
             from tqdm import tqdm
@@ -196,6 +213,8 @@ class Trainer:
             result = self._loop(metrics, bar)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self.tensorboard:
+                acc.end_training()
             if bar is not None:
                 bar.close()
             if metrics is not None:
@@ -221,9 +240,11 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
                     if write:
-                        metrics.write(json.dumps({"step": self.step, "epoch": epoch, "lr": lr,
-                                                  "images_per_s": rate, **logs}) + "\n")
+                        line = {"step": self.step, "epoch": epoch, "lr": lr, "images_per_s": rate, **logs}
+                        metrics.write(json.dumps(line) + "\n")
                         metrics.flush()
+                        if self.tensorboard:
+                            acc.log({k: v for k, v in line.items() if k != "step"}, step=self.step)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < self.total_steps:
                     self.checkpoint()
         path = self.checkpoint()

@@ -70,6 +70,13 @@ def test_a_run_writes_config_metrics_checkpoints_and_an_encoder(clvr, digits, tm
     # the lr followed scale x warm-up: base 0.3 x 8 / 256, ramping over the whole (short) run
     peak = 0.3 * 8 / 256
     assert lines[0]["lr"] == pytest.approx(peak * 3 / 8, rel=1e-9)
+    # and TensorBoard got the same scalars (accelerate's tracker; tensorboard is a test dependency)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [s for s, _ in loss] == [2, 4, 6, 8]
+    assert [v for _, v in loss] == pytest.approx([x["loss"] for x in lines], rel=1e-6)
 
     out = tmp_path / "encoder.safetensors"
     r = clvr("export", run, "--out", out)
