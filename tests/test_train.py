@@ -205,3 +205,18 @@ def test_a_non_finite_loss_stops_naming_the_last_checkpoint_or_is_skipped(clvr, 
     assert "2 step(s) skipped" in r.err
     lines = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
     assert [x.get("skipped", 0) for x in lines] == [0, 0, 1, 1]
+
+
+def test_bf16_and_channels_last(clvr, digits, tmp_path):
+    run = tmp_path / "run"
+    r = clvr("train", "--method", "byol", "--set", "model.hidden=32", "--set", "model.dim=16",
+             "--set", "model.predictor_hidden=32", *TINY, "--data", digits, "--out", run, "--set", "epochs=1",
+             "--set", "precision=bf16", "--set", "channels_last=true", "--set", "log_every=1")
+    assert r.code == 0, r.err
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
+    # the loss is computed in float32 even under bf16 autocast: not a multiple of bfloat16's step
+    assert any(abs(x["loss"] * 64 - round(x["loss"] * 64)) > 1e-3 for x in lines)
+    state = weights(run / "checkpoints" / "step-00000004.pt")
+    conv = state["model"]["online.backbone.body.0.weight"]
+    assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)

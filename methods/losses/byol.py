@@ -6,7 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import full_precision
 
+
+@full_precision
 def byol(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """``mean(2 - 2 cos(p1, sg(z2))) + mean(2 - 2 cos(p2, sg(z1)))``, symmetrised as in the paper.
 

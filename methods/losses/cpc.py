@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from .precision import full_precision
 
+
+@full_precision
 def cpc(predictions: list[torch.Tensor], targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Mean over the steps k = 1..len(predictions) of the InfoNCE of the k-step predictions."""
     if targets.dim() != 4:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import full_precision
+
 
 def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
              temperature: float = 0.07, normalize: bool = True) -> torch.Tensor:
@@ -20,6 +22,7 @@ def info_nce_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=1).sub(logits[:, 0]).mean()
 
 
+@full_precision
 def info_nce_logits(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
                     temperature: float = 0.07, normalize: bool = True) -> torch.Tensor:
     """The (N, 1 + K) logits ``[q.p, q.n_1, ..., q.n_K] / temperature`` of InfoNCE (a method that

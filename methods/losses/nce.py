@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from .precision import full_precision
+
 
 def nce_log_z(negatives: torch.Tensor, temperature: float, num_samples: int) -> torch.Tensor:
     """``log(num_samples * mean(exp(s / t)))`` over ``negatives`` (any shape), computed stably."""
@@ -24,6 +26,7 @@ def nce_log_z(negatives: torch.Tensor, temperature: float, num_samples: int) -> 
     return torch.logsumexp(s, 0) - math.log(s.numel()) + math.log(num_samples)
 
 
+@full_precision
 def nce(positive: torch.Tensor, negatives: torch.Tensor, log_z, temperature: float,
         num_samples: int) -> torch.Tensor:
     """InstDisc's NCE loss.

@@ -6,7 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import full_precision
 
+
+@full_precision
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, gather: bool = False) -> torch.Tensor:
     """Mean over the 2N local anchors of ``-log(exp(s_pos / t) / sum_{k != anchor} exp(s_k / t))``.
 

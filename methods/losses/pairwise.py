@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .precision import full_precision
+
 
 def _check(a, b, valid, group, temperature):
     if a.dim() != 2 or a.shape != b.shape:
@@ -28,6 +30,7 @@ def _check(a, b, valid, group, temperature):
         raise ValueError(f"temperature must be positive and finite; got {temperature}")
 
 
+@full_precision
 def pairwise_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor = 0.1, *,
                       symmetric: bool = True, normalize: bool = True, gather: bool = False,
                       valid: torch.Tensor | None = None, group: torch.Tensor | None = None) -> torch.Tensor:
