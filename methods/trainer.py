@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from . import train_config as cfg
-from .checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, rng_state,
+                         save_checkpoint, set_rng_state)
 from .errors import MethodError
 from .optimizers import build_optimizer, scaled_lr
 from .schedules import build_scheduler, epochs_to_steps
@@ -174,6 +175,11 @@ class Trainer:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][self.accelerator.process_index])
         self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
+        newer = [p for p in list_checkpoints(self.out) if checkpoint_step(p) > self.step]
+        if newer:
+            # they would be mixed with this run's new ones, and --resume auto would take them
+            raise TrainingError(f"{path} is step {self.step}, but {self.out} holds later checkpoints "
+                                f"({', '.join(p.name for p in newer)}); move them away to go back to this one")
         if self.step < self.total_steps:
             self.loader.seek(self.step // self.steps_per_epoch, self.step % self.steps_per_epoch)
         self.resumed_from = path

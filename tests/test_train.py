@@ -220,3 +220,15 @@ def test_bf16_and_channels_last(clvr, digits, tmp_path):
     state = weights(run / "checkpoints" / "step-00000004.pt")
     conv = state["model"]["online.backbone.body.0.weight"]
     assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resuming_from_an_older_checkpoint_refuses_to_mix_with_newer_ones(clvr, digits, tmp_path):
+    run = tmp_path / "run"
+    r = clvr("train", *SIMCLR, "--data", digits, "--out", run, "--set", "epochs=1", "--set", "checkpoint_every=1",
+             "--set", "keep=5")
+    assert r.code == 0, r.err
+    r = clvr("train", *SIMCLR, "--data", digits, "--out", run, "--set", "epochs=1", "--set", "checkpoint_every=1",
+             "--resume", run / "checkpoints" / "step-00000002.pt")
+    assert r.code == 1 and "holds later checkpoints (step-00000003.pt, step-00000004.pt)" in r.err
+    r = clvr("train", *MOCO, "--data", digits, "--out", run, "--resume", "auto")
+    assert r.code == 1 and "a checkpoint of method 'simclr', not 'moco_v2'" in r.err
