@@ -22,7 +22,8 @@ def build_parser(sub) -> None:
     p.add_argument("--method", metavar="NAME", help="method name or module:Class (default: the config's, else simclr)")
     p.add_argument("--data", required=True, metavar="SHARDS", help="training shards (a directory with a manifest, "
                    "a brace pattern, a list or URLs)")
-    p.add_argument("--val", metavar="SHARDS", help="labelled shards for the kNN monitor (reserved; not used yet)")
+    p.add_argument("--val", metavar="SHARDS", help="labelled shards for the kNN monitor (every knn_every epochs "
+                   "and at the end; the training shards must be labelled too)")
     p.add_argument("--config", metavar="FILE", help="YAML file of config overrides")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (dotted: optim.lr=0.5, model.temperature=0.2, data.batch_size=64)")
@@ -62,7 +63,7 @@ def _train(args) -> int:
     from .checkpoint import CheckpointError
     from .trainer import Trainer, TrainingError
     try:
-        trainer = Trainer(config, args.data, args.out, resume=args.resume)
+        trainer = Trainer(config, args.data, args.out, resume=args.resume, val=args.val)
         summary = trainer.run()
     except (MethodError, PipelineError, CheckpointError) as e:
         print(f"clvr train: {e}", file=sys.stderr)

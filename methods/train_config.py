@@ -82,6 +82,9 @@ class TrainConfig:
     log_every: int = 10              # steps between metric lines
     on_nonfinite: str = "stop"       # stop | skip (a step with a non-finite loss is skipped)
     progress: bool = True
+    knn_every: int = 5               # epochs between kNN checks on --val (and one at the end)
+    knn_k: int = 200
+    knn_temperature: float = 0.07
     tensorboard: bool = True         # also log to OUT/tensorboard when tensorboard is installed
 
 
@@ -109,7 +112,10 @@ def check(config: TrainConfig) -> TrainConfig:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config {key} = {value} must be at least 1")
-    for key in ("max_steps", "checkpoint_every", "data.threads"):
+    if config.knn_k < 1 or config.knn_temperature <= 0:
+        raise ConfigError(f"config knn_k = {config.knn_k} must be at least 1 and knn_temperature "
+                          f"= {config.knn_temperature} positive")
+    for key in ("max_steps", "checkpoint_every", "data.threads", "knn_every"):
         if _get(config, key) < 0:
             raise ConfigError(f"config {key} = {_get(config, key)} must not be negative")
     if config.optim.lr <= 0:

@@ -63,7 +63,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class Trainer:
     """Build everything for a run from its configuration; :meth:`run` trains."""
 
-    def __init__(self, config: cfg.TrainConfig, data, out, resume: str | None = None):
+    def __init__(self, config: cfg.TrainConfig, data, out, resume: str | None = None, val=None):
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         from ..pipeline import ViewLoader
@@ -104,6 +104,9 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
+        self.knn_loaders = None
+        if val is not None:
+            self.knn_loaders = self._knn_loaders(data, val)
         self.method = cls(config.model, num_samples=self.loader.num_samples)
         if config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
@@ -131,6 +134,40 @@ class Trainer:
         if path is not None:
             self._restore(path)
         self._stop = False
+
+    # -- the kNN monitor ----------------------------------------------------------------------
+
+    def _knn_loaders(self, data, val):
+        """Deterministic loaders of the training and the validation shards (resize whole,
+        normalise, no augmentation): the training features vote, the validation ones are
+        classified."""
+        from .features import eval_loader
+        if not self.loader.shards.classes:
+            raise cfg.ConfigError(f"--val needs labelled training shards, and {data} has no classes: the "
+                                  "kNN monitor classifies by the labels of the training features")
+        acc, d = self.accelerator, self.config.data
+        recipe = self.loader.ctx.recipe(0)
+        common = dict(batch_size=d.batch_size, size=int(recipe.size), device=d.device, rank=acc.process_index,
+                      world_size=acc.num_processes, local_rank=acc.local_process_index,
+                      num_threads=d.threads or None, torch_device=acc.device)
+        views = d.views or self.method_cls.views
+        if views not in ("two_view", "video_clips"):
+            views = "two_view"          # jigsaw, cpc_grid, objects, captions: the whole image
+        return eval_loader(data, views=views, **common), eval_loader(val, views=views, **common)
+
+    def knn(self) -> dict:
+        """kNN top-1 / top-5 of the validation features against the training ones (InstDisc's
+        weighted vote), with the encoder as it is now."""
+        from .features import extract_features
+        from .knn import knn_accuracy
+        c = self.config
+        train, val = self.knn_loaders
+        encoder = self.method.encoder
+        features, labels, _ = extract_features(encoder, train)
+        vfeatures, vlabels, _ = extract_features(encoder, val)
+        result = knn_accuracy(features, labels, vfeatures, vlabels, k=min(c.knn_k, len(labels)),
+                              temperature=c.knn_temperature)
+        return {f"knn_{k}": v for k, v in result.items()}
 
     # -- state --------------------------------------------------------------------------------
 
@@ -253,11 +290,29 @@ class Trainer:
                             acc.log({k: v for k, v in line.items() if k != "step"}, step=self.step)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < self.total_steps:
                     self.checkpoint()
+                done_epoch = self.step % self.steps_per_epoch == 0
+                if (self.knn_loaders and c.knn_every and done_epoch and self.step < self.total_steps
+                        and (self.step // self.steps_per_epoch) % c.knn_every == 0):
+                    self._log_knn(metrics, bar)
+        if self.knn_loaders and not self._stop:
+            self._log_knn(metrics, bar)
         path = self.checkpoint()
         stopped = self._stop and self.step < self.total_steps
         return {"steps": self.step, "total_steps": self.total_steps, "checkpoint": path,
                 "stopped_by_signal": stopped, "skipped_steps": self.skipped_steps,
                 "resumed_from": self.resumed_from}
+
+    def _log_knn(self, metrics, bar) -> None:
+        result = self.knn()
+        line = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **result}
+        if metrics is not None:
+            metrics.write(json.dumps(line) + "\n")
+            metrics.flush()
+            if self.tensorboard:
+                self.accelerator.log(result, step=self.step)
+        if bar is not None:
+            bar.write(f"epoch {line['epoch']:g}: kNN top-1 {result['knn_top1']:.4f}"
+                      + (f", top-5 {result['knn_top5']:.4f}" if "knn_top5" in result else ""))
 
     def _train_step(self, batch) -> dict:
         acc, c = self.accelerator, self.config

@@ -232,3 +232,23 @@ def test_resuming_from_an_older_checkpoint_refuses_to_mix_with_newer_ones(clvr, 
     assert r.code == 1 and "holds later checkpoints (step-00000003.pt, step-00000004.pt)" in r.err
     r = clvr("train", *MOCO, "--data", digits, "--out", run, "--resume", "auto")
     assert r.code == 1 and "a checkpoint of method 'simclr', not 'moco_v2'" in r.err
+
+
+def test_the_knn_monitor_scores_the_encoder_of_the_run(clvr, digits, tmp_path):
+    run = tmp_path / "run"
+    val = digits.parent / "val"
+    r = clvr("train", *SIMCLR, "--data", digits, "--val", val, "--out", run, "--set", "epochs=3",
+             "--set", "knn_every=2", "--set", "knn_k=5")
+    assert r.code == 0, r.err
+    knn = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "knn_top1" in x]
+    assert [x["epoch"] for x in knn] == [2.0, 3.0], "every 2 epochs, and at the end"
+    assert all(0 <= x["knn_top1"] <= x["knn_top5"] <= 1 for x in knn)
+    # the last value is kNN of the final encoder: recompute it from the checkpoint
+    from clvr.methods import train_config
+    from clvr.methods.trainer import Trainer
+    config = train_config.build("simclr", config_file=run / "config.yaml")
+    again = Trainer(config, digits, tmp_path / "again", val=val)
+    again.method.load_state_dict(weights(run / "checkpoints" / "step-00000012.pt")["model"])
+    assert again.knn() == {"knn_top1": knn[-1]["knn_top1"], "knn_top5": knn[-1]["knn_top5"]}
+    r = clvr("train", *SIMCLR, "--data", digits, "--val", val, "--out", tmp_path / "x", "--set", "knn_k=0")
+    assert r.code == 2 and "knn_k = 0" in r.err
