@@ -244,6 +244,12 @@ def _convert(value, current, where: str, error=PipelineError):
             raise error(f"{where}: expected true/false, got {value!r}")
         return value
     if isinstance(current, (int, float)):
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-6 (no dot) as a string; take it as the number it means
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise error(f"{where}: expected a number, got {value!r}")
         if isinstance(current, int) and not isinstance(current, bool) and not float(value).is_integer():

@@ -252,3 +252,15 @@ def test_the_knn_monitor_scores_the_encoder_of_the_run(clvr, digits, tmp_path):
     assert again.knn() == {"knn_top1": knn[-1]["knn_top1"], "knn_top5": knn[-1]["knn_top5"]}
     r = clvr("train", *SIMCLR, "--data", digits, "--val", val, "--out", tmp_path / "x", "--set", "knn_k=0")
     assert r.code == 2 and "knn_k = 0" in r.err
+
+
+def test_exponents_without_a_dot_are_numbers(clvr, tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-6 as a string; a config must take it as the number it means
+    f = tmp_path / "c.yaml"
+    f.write_text("optim: {weight_decay: 1e-6}\n")
+    r = clvr("train", "--config", f, "--set", "optim.lr=3e-1", "--data", "x", "--print-config")
+    assert r.code == 0, r.err
+    c = yaml.safe_load(r.out)
+    assert c["optim"]["weight_decay"] == 1e-6 and c["optim"]["lr"] == 0.3
+    r = clvr("train", "--set", "optim.lr=fast", "--data", "x", "--print-config")
+    assert r.code == 2 and "optim.lr: expected a number, got 'fast'" in r.err
