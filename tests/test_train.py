@@ -266,3 +266,11 @@ def test_exponents_without_a_dot_are_numbers(clvr, tmp_path):
     assert c["optim"]["weight_decay"] == 1e-6 and c["optim"]["lr"] == 0.3
     r = clvr("train", "--set", "optim.lr=fast", "--data", "x", "--print-config")
     assert r.code == 2 and "optim.lr: expected a number, got 'fast'" in r.err
+
+
+def test_an_empty_shard_folder_is_refused_before_training(clvr, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = clvr("train", *SIMCLR, "--data", empty, "--out", tmp_path / "run")
+    assert r.code == 2 and str(empty) in r.err
+    assert not (tmp_path / "run" / "checkpoints").exists()
