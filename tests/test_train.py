@@ -274,3 +274,15 @@ def test_an_empty_shard_folder_is_refused_before_training(clvr, tmp_path):
     r = clvr("train", *SIMCLR, "--data", empty, "--out", tmp_path / "run")
     assert r.code == 2 and str(empty) in r.err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_compile_trains_and_keeps_checkpoint_names(digits, tmp_path):
+    # torch.compile of the backbone (inductor, C++ on the CPU); the checkpoint's keys are those of
+    # an uncompiled run, so it exports and resumes the same way
+    run = tmp_path / "run"
+    code, log = finish(clvr_process("train", *SIMCLR, "--data", digits, "--out", run, "--set", "max_steps=2",
+                                    "--set", "compile=true"))
+    assert code == 0, log
+    state = weights(run / "checkpoints" / "step-00000002.pt")
+    assert not [k for k in state["model"] if "_orig_mod" in k]
+    assert "online.backbone.body.0.weight" in state["model"]
