@@ -286,3 +286,14 @@ def test_compile_trains_and_keeps_checkpoint_names(digits, tmp_path):
     state = weights(run / "checkpoints" / "step-00000002.pt")
     assert not [k for k in state["model"] if "_orig_mod" in k]
     assert "online.backbone.body.0.weight" in state["model"]
+
+
+def test_gradient_accumulation_for_a_method_with_a_queue(clvr, digits, tmp_path):
+    run = tmp_path / "run"
+    r = clvr("train", *MOCO, "--data", digits, "--out", run, "--set", "epochs=2", "--set", "grad_accum=2",
+             "--set", "log_every=1")
+    assert r.code == 0, r.err
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [x["lr"] for x in lines]
+    # 8 batches, 4 optimiser steps: the schedule moves every second batch
+    assert len(lines) == 8 and lrs[0] != lrs[1] and lrs[1] == lrs[2] and lrs[3] == lrs[4]
