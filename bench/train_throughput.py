@@ -196,17 +196,6 @@ def run_condition(cond: str, size: int, batch: int, data: Path, args) -> dict:
         result.unlink(missing_ok=True)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def share(part_ms, r: dict) -> str:
     if part_ms is None:
         return "—"
@@ -242,7 +231,7 @@ def main() -> None:
 
     import torch
     threads = args.threads or torch.get_num_threads()
-    machine = {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": threads,
+    machine = {"cpu": bench_module("method_bookkeeping").cpu_model(), "cpus": os.cpu_count(), "threads": threads,
                "torch": torch.__version__, "python": platform.python_version()}
     header = (f"torch {machine['torch']}, {machine['cpus']} CPUs ({machine['cpu']}), {threads} torch threads; "
               f"{args.method} ResNet-18, {args.warmup} warm-up + {args.steps} timed steps per condition, "

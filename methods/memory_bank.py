@@ -49,16 +49,18 @@ class MemoryBank(torch.nn.Module):
     @torch.no_grad()
     def update(self, index: torch.Tensor, features: torch.Tensor) -> None:
         """Move slots ``index`` towards ``features`` (gathered from every process first)."""
-        self._check(index)
         index = all_gather_cat(index.to(self.bank.device))
         features = all_gather_cat(features.detach().to(self.bank))
+        self._check(index, collective=False)    # every process holds the same gathered indices
         mixed = self.momentum * self.bank[index] + (1 - self.momentum) * features
         self.bank[index] = F.normalize(mixed, dim=1)
 
-    def _check(self, index: torch.Tensor) -> None:
+    def _check(self, index: torch.Tensor, collective: bool = True) -> None:
         bad = index[(index < 0) | (index >= self.num_samples)]
-        # every process learns of a bad index on any, so none is left waiting in a gather
-        if any_across_processes(bool(bad.numel()), index.device):
+        # every process learns of a bad index on any, so none is left waiting in a gather (after
+        # a gather, every process sees the same indices and no collective is needed)
+        found = any_across_processes(bool(bad.numel()), index.device) if collective else bool(bad.numel())
+        if found:
             if not bad.numel():
                 raise IndexError("a sample index outside the memory bank on another process")
             raise IndexError(f"sample index {int(bad[0])} outside the memory bank of "
