@@ -133,6 +133,7 @@ class ShardWriter:
         self.on_shard = on_shard
         self.fsync = fsync
         self.current: _OpenShard | None = None
+        self._opening: Path | None = None
         self.records: list[ShardRecord] = []
 
     def shard_name(self, number: int) -> str:
@@ -147,7 +148,10 @@ class ShardWriter:
             if full or too_big:
                 self._finish()
         if self.current is None:
-            self.current = _OpenShard(self.directory, self.shard_name(self.next_shard), index, self.fsync)
+            name = self.shard_name(self.next_shard)
+            # an interruption between the open and the assignment must not strand the file
+            self._opening = self.directory / (name + ".tar" + TMP_SUFFIX)
+            self.current = _OpenShard(self.directory, name, index, self.fsync)
             self.next_shard += 1
         self.current.add(key, components)
 
@@ -164,6 +168,9 @@ class ShardWriter:
         return self.records
 
     def abandon(self) -> None:
+        """Remove the shard being written; safe whatever line an interruption (Ctrl-C) hit."""
         if self.current is not None:
             self.current.abandon()
             self.current = None
+        if self._opening is not None:
+            self._opening.unlink(missing_ok=True)
