@@ -48,10 +48,13 @@ def uniform(lo: float, hi: float):
 
 
 def crop(image, recipe: Recipe, size: tuple[int, int] | None = None):
-    """Random resized crop to ``size`` (default the recipe's square); whole-image resize otherwise."""
+    """Random resized crop to ``size`` (default the recipe's square); whole-image resize otherwise;
+    the deterministic centre crop when ``crop.center`` > 0 (:func:`center_crop`)."""
     c = recipe.crop
     size = list(size or (recipe.size, recipe.size))
     interp = types.INTERP_LINEAR
+    if c.center > 0:
+        return center_crop(image, c.center, size, c.antialias)
     if c.p <= 0:
         return fn.resize(image, size=size, antialias=c.antialias, interp_type=interp)
     cropped = fn.random_resized_crop(image, size=size, random_area=list(c.scale),
@@ -62,6 +65,33 @@ def crop(image, recipe: Recipe, size: tuple[int, int] | None = None):
     whole = fn.resize(image, size=size, antialias=c.antialias, interp_type=interp)
     keep = fn.cast(coin(c.p), dtype=types.UINT8)
     return fn.cast(keep * cropped + (1 - keep) * whole, dtype=types.UINT8)
+
+
+def center_crop(image, center: float, size, antialias: bool = True):
+    """The centred box that is ``center`` x the largest box of the view's aspect in the image,
+    resized to ``size`` (H, W). For a square view the box is the centre square of side
+    ``center`` x the shorter side: ``center`` = 0.875 is the ImageNet evaluation view.
+
+    HWC images or FHWC clips (every frame the same box). The box is in whole pixels, as the fused
+    kernel's (:func:`.fused_views.center_boxes`, the same float64 arithmetic): sides rounded half
+    up (at least 1 px), origin ``floor((H - h) / 2)``, ``floor((W - w) / 2)``. The box is cut
+    out first and then resized (linear, the filter widened when shrinking if ``antialias``), so
+    no pixel outside it reaches the view: a resize with a region of interest would let the
+    filter read past the box's edges.
+    """
+    shape = image.shape(dtype=types.FLOAT64)         # on the CPU, also for GPU images
+    height, width = shape[-3], shape[-2]
+    aspect = types.Constant(float(size[1]) / float(size[0]), dtype=types.FLOAT64)
+    frac = types.Constant(float(center), dtype=types.FLOAT64)
+    full = dmath.min(height, width / aspect)         # height of the largest box of that aspect
+    h = dmath.max(dmath.floor(frac * full + 0.5), 1.0)
+    w = dmath.max(dmath.floor(frac * full * aspect + 0.5), 1.0)
+    y = dmath.floor((height - h) * 0.5)
+    x = dmath.floor((width - w) * 0.5)
+    box = fn.slice(image, start=fn.cast(fn.stack(y, x), dtype=types.INT32),
+                   shape=fn.cast(fn.stack(h, w), dtype=types.INT32), axis_names="HW")
+    return fn.resize(box, size=[int(size[0]), int(size[1])], antialias=antialias,
+                     interp_type=types.INTERP_LINEAR)
 
 
 def rotate90(image, p: float):

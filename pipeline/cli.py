@@ -118,7 +118,7 @@ def recipe_line(r) -> str:
     bits = [f"size {r.size}"]
     for name in r.active():
         aug = getattr(r, name)
-        extra = {"crop": lambda a: f" scale {_fmt(a.scale)}",
+        extra = {"crop": lambda a: f" centre {_fmt(a.center)}" if a.center > 0 else f" scale {_fmt(a.scale)}",
                  "jitter": lambda a: f" b/c/s/h {_fmt(a.brightness)}/{_fmt(a.contrast)}/{_fmt(a.saturation)}/"
                                      f"{_fmt(a.hue)}",
                  "blur": lambda a: f" sigma {_fmt(a.sigma)}",

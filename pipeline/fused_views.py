@@ -13,6 +13,8 @@ images (the reference that users compare with):
 - **random resized crop**: torchvision's algorithm (ten tries of area and log-aspect, then a
   centre crop with the ratio clamped), integer boxes; the crop is then resized with a triangle
   (bilinear) filter widened by the scale when shrinking, PIL's antialiased bilinear;
+- **centre crop** (``crop.center`` > 0, the evaluation view): the centre square of side
+  ``center`` x the shorter side (:func:`center_boxes`), resized the same way;
 - **flip**;
 - **colour jitter**, with probability ``p``: brightness, contrast, saturation and hue in a random
   order per view, each clamped to [0, 255] as torchvision does; contrast blends with the mean
@@ -103,6 +105,22 @@ def crop_boxes(rng: np.random.Generator, heights, widths, scale, ratio, p: float
     return box
 
 
+def center_boxes(heights, widths, center: float, aspect: float = 1.0) -> np.ndarray:
+    """Centre-crop boxes (y, x, h, w), one per image: ``center`` x the largest centred box of
+    aspect ``aspect`` (w/h) in the image; for the square views (aspect 1), the centre square of
+    side ``center`` x the shorter side. Sides are rounded half up (at least 1 px), the origin is
+    ``floor((H - h) / 2)``, ``floor((W - w) / 2)``: the same float64 arithmetic as the DALI
+    graph's :func:`.augment.center_crop`, so both take the same pixels."""
+    if not 0.0 < center <= 1.0:
+        raise ValueError(f"crop.center = {center} is not in (0, 1]")
+    H = np.asarray(heights, dtype=np.float64)
+    W = np.asarray(widths, dtype=np.float64)
+    full = np.minimum(H, W / aspect)
+    h = np.maximum(np.floor(center * full + 0.5), 1.0)
+    w = np.maximum(np.floor(center * full * aspect + 0.5), 1.0)
+    return np.stack([np.floor((H - h) * 0.5), np.floor((W - w) * 0.5), h, w], 1)
+
+
 def draw(rng: np.random.Generator, recipe: Recipe, shapes, size: int, boxes=None) -> np.ndarray:
     """The parameter records (n, NPARAM) of one view of each image of ``shapes`` (H, W[, C])."""
     n = len(shapes)
@@ -111,7 +129,9 @@ def draw(rng: np.random.Generator, recipe: Recipe, shapes, size: int, boxes=None
     widths = [s[1] for s in shapes]
     c = recipe.crop
     if boxes is None:
-        if c.p > 0:
+        if c.center > 0:
+            boxes = center_boxes(heights, widths, c.center)
+        elif c.p > 0:
             boxes = crop_boxes(rng, heights, widths, c.scale, c.ratio, c.p)
         else:
             boxes = np.stack([np.zeros(n), np.zeros(n), heights, widths], 1)

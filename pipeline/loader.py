@@ -35,6 +35,7 @@ invalid (``valid == False``) slot at the end of its part instead of shrinking it
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -110,6 +111,16 @@ class ViewLoader:
         cpu_views: on a CPU, ``fused`` (default) makes the views of image recipes with the fused
             kernel of :mod:`.fused_views` (DALI reads and decodes); ``dali`` keeps every step in
             the DALI graph. Generators without a fused path always use the graph.
+        samples: read only these samples: an iterable of global sample indices (ints; repeats
+            count once). The others are left out of the index files given to DALI, so they are
+            never read nor decoded, and ``num_samples``, ``len(loader)``, ``samples_per_epoch``
+            and the epoch contract are those of the subset (each epoch covers it once with
+            ``last_batch="pad"``). ``batch.index`` stays the global index. The indices are read
+            from the sample keys, which ``clvr shard`` writes as the global index in nine digits
+            (:func:`clvr.shards.format.sample_key`); other keys, indices that are not in the
+            set, an empty selection and remote (URL) shards are errors. Samples left out this
+            way are not counted in ``skipped``; shards with no selected sample are not opened
+            (and leave ``loader.shards``).
     """
 
     def __init__(self, data, views="two_view", recipe=None, batch_size: int = 64, *,
@@ -118,7 +129,7 @@ class ViewLoader:
                  seed: int = 0, last_batch: str = "drop", num_threads: int | None = None,
                  prefetch: int = 2, on_error: str = "raise", photometric: str = "dali",
                  split: str | None = None, view_options: dict | None = None, torch_device=None,
-                 cpu_views: str = "fused", manifest=None):
+                 cpu_views: str = "fused", manifest=None, samples=None):
         if last_batch not in LAST_BATCH:
             raise PipelineError(f"last_batch = {last_batch!r}; choose one of {', '.join(LAST_BATCH)}")
         if on_error not in ON_ERROR:
@@ -143,7 +154,11 @@ class ViewLoader:
         self.last_batch, self.on_error, self.prefetch = last_batch, on_error, prefetch
         self.num_threads = num_threads or default_threads(self.world_size)
 
+        self.selection: frozenset[int] | None = None if samples is None else _selection(samples)
         self.shards: ShardSet = data if isinstance(data, ShardSet) else resolve(data, split, manifest)
+        if self.selection is not None and self.shards.remote:
+            raise PipelineError(f"{self.shards.spec}: samples= is not supported for remote (URL) shards: "
+                                "it filters the DALI index files of local shards")
         if isinstance(views, ViewGenerator):
             self.generator = views
         else:
@@ -165,7 +180,7 @@ class ViewLoader:
         self._tmp = None
         self._feed = None                   # remote shards: the reader thread DALI pulls from
         # Remote shards are checked as they stream (no index files to parse up front).
-        self._index_files = None if self.shards.remote else self._check_shards()
+        self._index_files = None if self.shards.remote else self._check_shards(first=True)
         self.epoch = 0
         self._pos = 0                       # batches of the current stream epoch already run
         self._runs = 0                      # batches run by the current DALI pipeline
@@ -174,17 +189,32 @@ class ViewLoader:
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def _check_shards(self) -> list[str]:
+    def _check_shards(self, first: bool = False) -> list[str]:
         """Parse every index file up front: truncated shards and missing components are named
         here (shard and key) instead of inside DALI. Returns the index files to give DALI
-        (filtered copies when samples are excluded under ``on_error="skip"``)."""
+        (filtered copies when samples are excluded under ``on_error="skip"`` or left out by
+        ``samples=``). Shards left with no sample are dropped from ``self.shards`` (DALI rejects
+        an index file without samples); ``first``: check that ``samples=`` names only samples
+        of the set (once: later calls may have dropped shards of skipped samples)."""
         need_exts = [reader_mod.FIELDS[f][0].split(";") for f in self.fields]
-        out = []
+        selection = self.selection
+        shards, out = [], []
         kept = 0
+        found: set[int] = set()
         for shard in self.shards.shards:
             entries = read_index(shard.index, shard.tar)
             bad = []
+            unselected = set()
             for e in entries:
+                if selection is not None:
+                    if not (e.key.isascii() and e.key.isdigit()):
+                        raise PipelineError(
+                            f"{shard.tar}: key {e.key!r} is not a global sample index; samples= needs "
+                            "shards written by clvr shard (keys are the index in nine digits)")
+                    if int(e.key) not in selection:
+                        unselected.add(e.key)
+                        continue
+                    found.add(int(e.key))
                 for exts in need_exts:
                     if not any(x in e.components for x in exts):
                         reason = f"missing component {'/'.join(exts)}"
@@ -196,20 +226,36 @@ class ViewLoader:
                         break
                 if (shard.tar, e.key) in self._excluded:
                     bad.append((e.key, None))
-            out.append(self._filtered_index(shard, entries, bad))
-            kept += len(entries) - len({key for key, _ in bad})
+            left = len(entries) - len(unselected) - len({key for key, _ in bad})
+            index = self._filtered_index(shard, entries, bad, unselected)
+            if left:
+                shards.append(shard)
+                out.append(index)
+            kept += left
+        if first and selection is not None:
+            missing = sorted(selection - found)
+            if missing:
+                more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                raise PipelineError(f"{self.shards.spec}: samples= names {len(missing)} sample(s) the shard "
+                                    f"set does not have: {', '.join(map(str, missing[:5]))}{more}")
         if kept == 0:
             raise PipelineError(f"{self.shards.spec}: no samples left to read")
+        if len(shards) < len(self.shards.shards):
+            self.shards = dataclasses.replace(self.shards, shards=shards)
         return out
 
-    def _filtered_index(self, shard, entries, bad) -> str:
-        if not bad:
+    def _filtered_index(self, shard, entries, bad, unselected=frozenset()) -> str | None:
+        """The index file of ``shard`` without the ``bad`` samples (recorded as skipped when they
+        have a reason) and the ``unselected`` keys (left out by ``samples=``, not skipped)."""
+        if not bad and not unselected:
             return shard.index
         for key, reason in bad:
             if reason is not None and (shard.tar, key) not in self._excluded:
                 self._excluded.add((shard.tar, key))
                 self.skipped.append({"shard": shard.tar, "key": key, "reason": reason})
-        drop = {k for k, _ in bad}
+        drop = {k for k, _ in bad} | set(unselected)
+        if len(drop) >= len(entries):
+            return None                      # nothing left: the caller leaves the shard out
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="clvr-index-")
         lines = Path(shard.index).read_text().splitlines()
@@ -432,7 +478,8 @@ class ViewLoader:
     # -- state --------------------------------------------------------------------------------
 
     def describe(self) -> str:
-        return (f"{self.generator.describe()} on {self.shards.spec}: {self.num_samples} samples, "
+        subset = " (the samples= subset)" if self.selection is not None else ""
+        return (f"{self.generator.describe()} on {self.shards.spec}: {self.num_samples} samples{subset}, "
                 f"rank {self.rank}/{self.world_size} reads {self.part_size}, batch {self.batch_size}, "
                 f"{self.steps_per_epoch} steps/epoch ({self.last_batch}), device {self.device}, "
                 f"{self.num_threads} DALI threads")
@@ -453,6 +500,24 @@ class ViewLoader:
             self.close()
         except Exception:
             pass
+
+
+def _selection(samples) -> frozenset[int]:
+    """``samples=`` as a set of global indices; anything but an iterable of ints is an error."""
+    import operator
+    if isinstance(samples, (str, bytes)) or not hasattr(samples, "__iter__"):
+        raise PipelineError(f"samples= must be an iterable of global sample indices (ints), got {samples!r}")
+    out = set()
+    for s in samples:
+        try:
+            if isinstance(s, bool):
+                raise TypeError
+            out.add(operator.index(s))
+        except TypeError:
+            raise PipelineError(f"samples= must hold global sample indices (ints), got {s!r}") from None
+    if not out:
+        raise PipelineError("samples= is empty: the selection must name at least one sample")
+    return frozenset(out)
 
 
 def _dense(tl, device: torch.device) -> torch.Tensor:

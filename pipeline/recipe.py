@@ -37,11 +37,20 @@ class Crop:
 
     With ``p`` < 1 the other samples are resized whole (no crop). ``antialias`` filters when
     shrinking, as PIL (and so torchvision on PIL images) always does.
+
+    ``center`` makes the crop deterministic. 0 (the default) is the random resized crop above.
+    A value in (0, 1] is a centre square crop whose side is ``center`` x the image's shorter side,
+    resized to the view's size: 0.875 is the ImageNet evaluation view (resize the shorter side to
+    256, centre crop 224), 1.0 the largest centred square. The side is rounded half up to whole
+    pixels and the box starts at ``floor((H - side) / 2)``, ``floor((W - side) / 2)``. When
+    ``center`` > 0, ``p``, ``scale`` and ``ratio`` are not used. (A view that is not square gets
+    the centred box of its own aspect that is ``center`` x the largest such box in the image.)
     """
     p: float = 1.0
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     antialias: bool = True
+    center: float = 0.0
 
 
 @dataclass
@@ -211,6 +220,13 @@ def _none() -> Recipe:
                   grayscale=Grayscale(0.0), blur=Blur(p=0.0))
 
 
+def _eval() -> Recipe:
+    """The standard ImageNet evaluation view: no augmentation, the centre square of side 0.875 x
+    the shorter side (resize to 256, centre crop 224), resized to ``size``, normalised."""
+    return Recipe(crop=Crop(center=0.875), flip=Flip(0.0), jitter=ColorJitter(p=0.0),
+                  grayscale=Grayscale(0.0), blur=Blur(p=0.0))
+
+
 PRESETS = {
     "simclr": lambda: [_simclr()],
     "simclr-cifar": lambda: [_simclr(s=0.5, blur=False, size=32)],
@@ -222,6 +238,7 @@ PRESETS = {
     "cpc-v1": lambda: [_cpc_v1()],
     "cpc-v2": lambda: [_cpc_v2()],
     "none": lambda: [_none()],
+    "eval": lambda: [_eval()],
 }
 
 
@@ -298,6 +315,18 @@ def _validate(obj, where: str, error=PipelineError) -> None:
             raise error(f"{where}.{f.name} = {list(v)}: the low end is above the high end")
     if isinstance(obj, Recipe) and obj.size < 1:
         raise error(f"{where}.size = {obj.size} must be at least 1")
+    if isinstance(obj, Crop) and not 0.0 <= obj.center <= 1.0:
+        raise error(f"{where}.center = {obj.center} is not in [0, 1] (0: random resized crop; "
+                    "(0, 1]: the centre square of that fraction of the shorter side)")
+
+
+def check(recipe: Recipe, where: str = "recipe", error=PipelineError) -> None:
+    """Check a recipe made in Python (not through overrides) as overrides are checked."""
+    for f in dataclasses.fields(recipe):
+        part = getattr(recipe, f.name)
+        if dataclasses.is_dataclass(part):
+            _validate(part, f"{where}.{f.name}", error)
+    _validate(recipe, where, error)
 
 
 def build(spec=None, views: int | None = None, **overrides) -> list[Recipe]:
@@ -310,8 +339,11 @@ def build(spec=None, views: int | None = None, **overrides) -> list[Recipe]:
         spec = "simclr"
     if isinstance(spec, Recipe):
         recipes = [spec]
+        check(spec, "recipe")
     elif isinstance(spec, (list, tuple)) and all(isinstance(r, Recipe) for r in spec):
         recipes = list(spec)
+        for i, r in enumerate(recipes):
+            check(r, f"recipe[{i}]")
     elif isinstance(spec, (str, Path)) and (str(spec).endswith((".yaml", ".yml")) or Path(str(spec)).is_file()):
         recipes = _from_yaml(Path(spec))
     elif isinstance(spec, str):
