@@ -72,6 +72,7 @@ class Method(nn.Module):
         backbone: str = "resnet50"     # resnet18 | resnet34 | resnet50 | tiny | timm:NAME
         stem: str = "imagenet"         # imagenet | cifar (small images)
         norm: str = "batch"            # batch | layer
+        width: int = 0                 # channels of the first stage; 0: the backbone's own (64 for ResNets)
 
     def __init__(self, config=None, *, num_samples: int | None = None, **overrides):
         super().__init__()
@@ -108,6 +109,9 @@ class Method(nn.Module):
         for f in dataclasses.fields(config):
             if f.name == "temperature" and getattr(config, f.name) <= 0:
                 raise MethodError(f"method {cls.name!r}: temperature must be positive, got {config.temperature}")
+        if getattr(config, "width", 0) < 0:
+            raise MethodError(f"method {cls.name!r}: width must be 0 (the backbone's own) or positive, "
+                              f"got {config.width}")
 
     @classmethod
     def defaults(cls) -> dict:
@@ -120,7 +124,9 @@ class Method(nn.Module):
     def backbone_options(self) -> dict:
         """The options :meth:`make_backbone` passes with the name (also written into exports)."""
         c = self.config
-        return {} if c.backbone.startswith("timm:") else {"stem": c.stem, "norm": c.norm}
+        if c.backbone.startswith("timm:"):
+            return {}
+        return {"stem": c.stem, "norm": c.norm, **({"width": c.width} if c.width else {})}
 
     def make_backbone(self) -> nn.Module:
         try:

@@ -45,6 +45,8 @@ class VideoViews:
         options = {} if "timm:" in c.backbone else {"norm": c.norm}
         if c.backbone.startswith("frames:") and options:
             options["stem"] = c.stem             # the image backbone's stem
+        if c.width and options:
+            options["width"] = c.width
         return options
 
     def make_backbone(self):

@@ -189,3 +189,17 @@ def test_the_docs_table_is_what_the_command_prints(clvr):
     r = clvr("methods", "list", "--markdown")
     assert r.code == 0 and block.group(1).strip() == r.out.strip(), \
         "regenerate the table in docs/methods.md with: clvr methods list --markdown"
+
+
+def test_width_sets_the_backbone_channels_and_travels_in_the_options():
+    from clvr.methods import get_method
+    from clvr.methods.errors import MethodError
+    simclr = get_method("simclr")
+    m = simclr({"backbone": "resnet18", "stem": "cifar", "width": 8, "hidden": 32, "dim": 16})
+    assert m.encoder.num_features == 64                       # 8 x 2^3 channels in the last stage
+    assert m.backbone_options() == {"stem": "cifar", "norm": "batch", "width": 8}
+    assert "width" not in simclr({"backbone": "tiny"}).backbone_options()     # 0: the backbone's own
+    video = get_method("video_simclr")({"backbone": "r2plus1d_tiny", "width": 4, "hidden": 16, "dim": 8})
+    assert video.backbone_options()["width"] == 4 and video.encoder.num_features == 32
+    with pytest.raises(MethodError, match="width must be 0"):
+        simclr({"width": -1})
