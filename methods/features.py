@@ -1,8 +1,8 @@
 """Features of a whole split, for the kNN monitor (:mod:`.knn`) and evaluation.
 
-:func:`eval_loader` reads a shard set deterministically: no augmentation (the ``none`` recipe:
-each image resized whole and normalised), no shuffling, and every sample exactly once (the last
-batch is padded, the padding marked invalid). :func:`extract_features` runs an encoder over one
+:func:`eval_loader` reads a shard set deterministically through the evaluation view
+(:func:`eval_view`: resize + centre crop, normalised, no augmentation), without shuffling, and
+every sample exactly once (the last batch is padded, the padding marked invalid). :func:`extract_features` runs an encoder over one
 epoch of such a loader and returns, for the N samples of the split::
 
     features (N, D) float32,  labels (N,) int64,  index (N,) int64     (CPU, sorted by index)
@@ -26,8 +26,36 @@ if TYPE_CHECKING:
 _FIXED = ("recipe", "shuffle", "last_batch")
 
 
+#: views of at least this side get the ImageNet centre crop (0.875); smaller ones (CIFAR-like)
+#: are evaluated whole, as their protocols do
+CENTER_CROP_FROM = 128
+
+
+def eval_view(size: int | None = None, center_crop: float | None = None, normalize: dict | None = None) -> dict:
+    """The recipe of the deterministic evaluation view, as a dict for ``ViewLoader``.
+
+    Args:
+        size: side of the view in pixels (default 224).
+        center_crop: side of the centre square kept, as a share of the image's shorter side,
+            before resizing to ``size``; default 0.875 (resize 256, crop 224: the ImageNet
+            protocol) for views of 128 px or more, else 1.0 (the largest centred square: the
+            whole image for square images, the CIFAR protocol).
+        normalize: ``{"mean": [...], "std": [...]}`` (0-1 scale) of the encoder's input; default
+            ImageNet's.
+    """
+    size = int(size or 224)
+    if center_crop is None:
+        center_crop = 0.875 if size >= CENTER_CROP_FROM else 1.0
+    recipe = {"base": "eval", "size": size, "crop": {"center": float(center_crop)}}
+    if normalize:
+        recipe["normalize"] = {"mean": [float(v) for v in normalize["mean"]],
+                               "std": [float(v) for v in normalize["std"]]}
+    return recipe
+
+
 def eval_loader(data, batch_size: int = 256, views="two_view", size: int | None = None,
-                device: str = "auto", **kw) -> ViewLoader:
+                device: str = "auto", center_crop: float | None = None, normalize: dict | None = None,
+                **kw) -> ViewLoader:
     """A :class:`~clvr.pipeline.ViewLoader` of ``data`` that makes one plain view per sample.
 
     Args:
@@ -35,21 +63,21 @@ def eval_loader(data, batch_size: int = 256, views="two_view", size: int | None 
         batch_size: samples per batch on this process.
         views: the view generator; ``two_view`` makes one view (``view_options={"views": 1}``),
             ``video_clips`` one clip (``{"clips": 1}``), unless ``view_options`` says otherwise.
-        size: side of the views in pixels; default the ``none`` recipe's (224).
+        size: side of the views in pixels; default 224.
         device: where the loader decodes (``auto`` | ``cpu`` | ``gpu``).
+        center_crop, normalize: as :func:`eval_view`.
         **kw: any other ``ViewLoader`` argument except ``recipe``, ``shuffle`` and
             ``last_batch``, which this function sets.
     """
     fixed = sorted(set(kw) & set(_FIXED))
     if fixed:
-        raise ValueError(f"eval_loader sets {', '.join(fixed)} itself (recipe 'none', no shuffling, "
+        raise ValueError(f"eval_loader sets {', '.join(fixed)} itself (the eval view, no shuffling, "
                          "padded last batch); use a ViewLoader to choose them")
     if kw.get("view_options") is None:
         kw["view_options"] = {"two_view": {"views": 1}, "video_clips": {"clips": 1}}.get(views) \
             if isinstance(views, str) else None
     from ..pipeline.loader import ViewLoader      # DALI: loaded only when a loader is made
-    recipe = "none" if size is None else {"base": "none", "size": size}
-    return ViewLoader(data, views, recipe=recipe, batch_size=batch_size, shuffle=False,
+    return ViewLoader(data, views, recipe=eval_view(size, center_crop, normalize), batch_size=batch_size, shuffle=False,
                       last_batch="pad", device=device, **kw)
 
 

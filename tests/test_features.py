@@ -41,7 +41,9 @@ def test_eval_loader_is_deterministic_and_sees_every_sample_once(val_loader, dig
     assert not val_loader.shuffle and val_loader.last_batch == "pad"
     assert val_loader.view_names == ("view0",)
     assert [r.size for r in val_loader.ctx.recipes] == [SIZE]
-    assert val_loader.ctx.recipes[0].active() == []                     # no augmentation
+    recipe = val_loader.ctx.recipes[0]
+    assert recipe.active() == ["crop"] and recipe.crop.center == 1.0     # small views: whole square
+    assert (recipe.flip.p, recipe.jitter.p, recipe.grayscale.p, recipe.blur.p) == (0, 0, 0, 0)
     with pytest.raises(ValueError, match="eval_loader sets recipe, shuffle itself"):
         eval_loader(digits / "val", shuffle=True, recipe="simclr")
 
@@ -53,12 +55,16 @@ def test_eval_loader_arguments(monkeypatch):
     eval_loader("shards/val", seed=3)
     eval_loader("clips", 8, views="video_clips", size=64, device="cpu")
     eval_loader("x", views="two_view", view_options={"views": 2})
+    eval_loader("y", size=160, center_crop=0.5, normalize={"mean": (0.5, 0.5, 0.5), "std": [0.25] * 3})
     assert calls[0] == (("shards/val", "two_view"), dict(
-        recipe="none", batch_size=256, shuffle=False, last_batch="pad", device="auto",
+        recipe={"base": "eval", "size": 224, "crop": {"center": 0.875}}, batch_size=256, shuffle=False, last_batch="pad", device="auto",
         view_options={"views": 1}, seed=3))
-    assert calls[1][1]["recipe"] == {"base": "none", "size": 64} and calls[1][1]["batch_size"] == 8
+    assert calls[1][1]["recipe"] == {"base": "eval", "size": 64, "crop": {"center": 1.0}}
+    assert calls[1][1]["batch_size"] == 8
     assert calls[1][1]["view_options"] == {"clips": 1} and calls[1][1]["device"] == "cpu"
     assert calls[2][1]["view_options"] == {"views": 2}
+    assert calls[3][1]["recipe"] == {"base": "eval", "size": 160, "crop": {"center": 0.5},
+                                     "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}
 
 
 def test_features_are_the_encoder_on_the_same_views(val_loader, digits, encoder):
