@@ -1,5 +1,8 @@
 # clvr: every target sets itself up from nothing but Python 3.10+.
-#   make demo   -- install, then run the main job on the embedded digits data
+#   make demo   -- install, then the whole job on the embedded digits: shard, pre-train SimCLR,
+#                  evaluate against random-init and supervised baselines, print the table
+#                  (make demo METHOD=byol for another method; make demo-video / demo-objects /
+#                  demo-captions for the other demo sets)
 #   make test   -- install, then run the test suite (what CI runs)
 #   make bench  -- install, then run the benchmarks in bench/
 PYTHON ?= python3
@@ -10,8 +13,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.clvr-installed
 DATA ?= data
+RUNS ?= runs
+METHOD ?=
+DEMO_FLAGS := $(if $(METHOD),--method $(METHOD))
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo demo-video demo-objects demo-captions demo-shards bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +31,19 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
+	$(VENV)/bin/clvr demo digits --out $(RUNS)/demo-digits $(DEMO_FLAGS)
+
+demo-video: setup
+	$(VENV)/bin/clvr demo digits-video --out $(RUNS)/demo-digits-video $(DEMO_FLAGS)
+
+demo-objects: setup
+	$(VENV)/bin/clvr demo digits-objects --out $(RUNS)/demo-digits-objects $(DEMO_FLAGS)
+
+demo-captions: setup
+	$(VENV)/bin/clvr demo digits-captions --out $(RUNS)/demo-digits-captions $(DEMO_FLAGS)
+
+# the shards alone, verified, summarised and previewed
+demo-shards: setup
 	$(VENV)/bin/clvr shard demo digits $(DATA)/digits --overwrite --no-progress
 	$(VENV)/bin/clvr shard verify $(DATA)/digits --no-progress
 	$(VENV)/bin/clvr shard info $(DATA)/digits
@@ -34,6 +53,7 @@ bench: setup
 	$(PY) bench/shard_throughput.py
 	$(PY) bench/pipeline_throughput.py
 	$(PY) bench/method_bookkeeping.py --size 32 --steps 2 --repeats 10
+	$(PY) bench/feature_extraction.py
 
 clean:
-	rm -rf $(VENV) $(DATA) bench/out .pytest_cache
+	rm -rf $(VENV) $(DATA) $(RUNS) bench/out .pytest_cache

@@ -11,6 +11,7 @@ from clvr import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from clvr.methods.cli import build_parser as methods_parser
+    from clvr.methods.eval_cli import build_parser as eval_parser
     from clvr.methods.train_cli import build_parser as train_parser
     from clvr.pipeline.cli import build_parser as views_parser
     from clvr.shards.cli import build_parser as shard_parser
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     views_parser(sub)
     methods_parser(sub)
     train_parser(sub)
+    eval_parser(sub)
     return parser
 
 
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.command in ("train", "export"):
         from clvr.methods.train_cli import run
+        return run(args)
+    if args.command in ("eval", "demo"):
+        from clvr.methods.eval_cli import run
         return run(args)
     if args.command == "methods":
         from clvr.methods.cli import run
