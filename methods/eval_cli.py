@@ -76,7 +76,7 @@ def _eval(args) -> int:
         print(f"clvr eval: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.no_baselines:
-        config.baselines = False
+        config.baselines = []
     if args.no_plots:
         config.plots = False
     if args.print_config:

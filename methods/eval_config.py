@@ -48,7 +48,7 @@ class EvalConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # supervised training from scratch: the usual supervised settings, not the fine-tuning ones
     supervised: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=0.1, weight_decay=5e-4))
-    baselines: bool = True           # random init and supervised from scratch
+    baselines: list = field(default_factory=lambda: ["random_init", "supervised"])   # [] for none
     seed: int = 0                    # of the random initialisations
     tsne_points: int = 2000          # t-SNE runs on at most this many val features
     plots: bool = True
@@ -75,6 +75,9 @@ def check(c: EvalConfig) -> EvalConfig:
                           "lr and logistic_C positive")
     check_finetune(c.finetune, "config finetune", ConfigError)
     check_finetune(c.supervised, "config supervised", ConfigError)
+    if not isinstance(c.baselines, list) or not set(c.baselines) <= {"random_init", "supervised"}:
+        raise ConfigError(f"config baselines = {c.baselines!r}; a list of random_init and/or supervised "
+                          "([] for none)")
     if c.tsne_points < 5:
         raise ConfigError(f"config tsne_points = {c.tsne_points} must be at least 5")
     return c

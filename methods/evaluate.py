@@ -238,7 +238,7 @@ class Evaluation:
         raise ValueError(which)
 
     def which(self) -> tuple[str, ...]:
-        return ENCODERS if self.config.baselines else ("learned",)
+        return ("learned",) + tuple(b for b in ENCODERS[1:] if b in self.config.baselines)
 
     # -- features -----------------------------------------------------------------------------
 
@@ -375,14 +375,14 @@ class Evaluation:
             row: dict = {"labelled_samples": int(len(samples)),
                          "epochs": epochs_for(c.finetune, fraction)}
             starts = [("learned", self.learned)]
-            if c.baselines:
+            if "random_init" in c.baselines:
                 starts.append(("random_init", self.random_init))
             for which, make in starts:
                 model = finetune(make(), self.sets["train"], self.num_classes(), config=c.finetune,
                                  samples=samples, fraction=fraction,
                                  desc=f"fine-tune {which}, {pct(fraction)} of the labels", **self._ft_kwargs())
                 row[which] = self._accuracy(model, "val")
-            if c.baselines:
+            if "supervised" in c.baselines:
                 row["supervised"] = self.supervised_from_scratch(fraction)
             out[pct(fraction)] = row
         return out
@@ -410,9 +410,10 @@ class Evaluation:
         n = self.num_classes("transfer_train")
         out: dict = {"linear": {}, "finetune": {}}
         starts = [("learned", self.learned)]
-        if c.baselines:
-            starts += [("random_init", self.random_init),
-                       ("supervised", lambda: self.supervised(1.0, "source").encoder)]
+        if "random_init" in c.baselines:
+            starts.append(("random_init", self.random_init))
+        if "supervised" in c.baselines:
+            starts.append(("supervised", lambda: self.supervised(1.0, "source").encoder))
         for which, make in starts:
             enc = make()
             from .features import extract_features
@@ -453,7 +454,7 @@ class Evaluation:
             self.results["protocols"][name] = getattr(self, name)()
             self.results["skipped"].pop(name, None)
             self.results["seconds"][name] = round(time.perf_counter() - t, 1)
-            if self.config.baselines and name in ("knn", "linear", "svm", "semi") \
+            if "supervised" in self.config.baselines and name in ("knn", "linear", "svm", "semi") \
                     and "100%" not in self.results["supervised_from_scratch"]:
                 self.supervised_from_scratch(1.0)
             write_results(self)
