@@ -283,3 +283,22 @@ def test_the_demo_pieces_on_a_short_schedule(tmp_path, capsys):
                     eval_sets=["supervised.epochs=1", "finetune.epochs=1", "linear.epochs=3", "progress=false",
                                "fractions=[0.1]"])
     assert code == 0 and "reusing" in capsys.readouterr().err
+
+
+def test_the_readme_demo_table_is_the_demo_results():
+    """The README's demo block is pasted from the command's output (docs/readme_demo.py), and its
+    results file is kept beside the docs: the table must be what that file renders."""
+    import re
+
+    from clvr.methods.report import text_table
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    block = re.search(r"<!-- demo output -->\n```\n(.*?)```\n<!-- /demo output -->", readme, re.S)
+    assert block, "README.md keeps the demo's output between its markers"
+    results = json.loads((root / "docs" / "demo-results.json").read_text())
+    assert text_table(results) in block.group(1), "run make demo, then python docs/readme_demo.py"
+    assert results["encoder"]["method"] == "simclr" and set(results["protocols"]) == {"knn", "linear", "semi"}
+    knn, linear = results["protocols"]["knn"]["k200"], results["protocols"]["linear"]["logistic"]
+    # the demo's promise: a clear margin over random-init features on kNN and linear
+    assert knn["learned"]["top1"] - knn["random_init"]["top1"] > 0.1
+    assert linear["learned"]["top1"] - linear["random_init"]["top1"] > 0.1
