@@ -61,12 +61,14 @@ DEMOS = {
         "method": "object_contrast",
         "recipe": {**DIGITS_RECIPE, "size": 16},
         "train": {"model": {**_SMALL_RESNET, "temperature": 0.2, "hidden": 256, "dim": 64},
-                  "data": {"batch_size": 32},
-                  "optim": _SGD, "schedule": {"kind": "cosine", "warmup_epochs": 1}, "epochs": 8,
-                  "knn_every": 4},
+                  "data": {"batch_size": 32, "view_options": {"size": 16}},     # the crops: 16 px
+                  "optim": _SGD, "schedule": {"kind": "cosine", "warmup_epochs": 1}, "epochs": 25,
+                  "knn_every": 5},
         "limit": 600,
         "protocols": ["knn"],
-        "eval": {"size": 48, "baselines": ["random_init"]},
+        # object-level features are scored on single objects: kNN on the plain digits at 16 px
+        "eval_data": "digits",
+        "eval": {"size": 16, "baselines": ["random_init"]},
     },
     "digits-captions": {
         "method": "clip",
@@ -137,6 +139,15 @@ def run_demo(name: str = "digits", method: str | None = None, out=None, epochs: 
     else:
         _log(f"1/3 shards: reusing {data}")
 
+    eval_data = data
+    if demo.get("eval_data"):
+        eval_data = out / "eval-data"
+        if not (eval_data / "manifest.json").is_file():
+            _log(f"1/3 shard the embedded {demo['eval_data']} set for the evaluation into {eval_data}")
+            code = clvr_main(["shard", "demo", demo["eval_data"], str(eval_data), "--overwrite"])
+            if code:
+                return code
+
     # 2. pre-training
     recipe_file = out / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(demo["recipe"], sort_keys=False))
@@ -179,7 +190,7 @@ def run_demo(name: str = "digits", method: str | None = None, out=None, epochs: 
     _log(f"3/3 evaluate ({', '.join(demo['protocols'])}) against random init and supervised training "
          f"from scratch into {report}")
     t = time.perf_counter()
-    code = evaluate_and_print(run, data / "train", data / "val", report, econfig, demo["protocols"],
+    code = evaluate_and_print(run, eval_data / "train", eval_data / "val", report, econfig, demo["protocols"],
                               prog="clvr demo")
     eval_s = time.perf_counter() - t
     done = (f"done in {(time.perf_counter() - start) / 60:.1f} min (pre-training {train_s / 60:.1f} min, "
