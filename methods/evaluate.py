@@ -167,8 +167,9 @@ class Evaluation:
         """The results of an earlier run into the same OUT are kept when they are of the same
         encoder and data (protocols run one at a time add up); otherwise they are replaced."""
         from .. import __version__
+        settings = {k: v for k, v in ecfg.to_dict(self.config).items() if k not in ("progress", "plots")}
         identity = {"encoder_sha256": self.meta.get("sha256"), "data": self.fingerprints,
-                    "config": _sha(ecfg.to_dict(self.config))}
+                    "config": _sha(settings)}
         path = self.out / "results.json"
         if path.is_file():
             try:

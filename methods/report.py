@@ -197,7 +197,7 @@ def write_plots(evaluation) -> dict:
     if views is not None:
         from ..pipeline.preview import preview
         attempt("views of the pre-training recipe", "views.png",
-                lambda p: preview(ev.sets["train"], views["views"], p, recipe=views["recipe"],
+                lambda p: preview(views["data"], views["views"], p, recipe=views["recipe"],
                                   view_options=views["view_options"], samples=6, device=ev.config.device))
     else:
         skipped["views of the pre-training recipe"] = "no run directory with config.yaml beside the encoder"
@@ -217,5 +217,14 @@ def _run_views(ev):
     cls = get_method(cfg.get("method", ev.name))
     data = cfg.get("data") or {}
     recipe = data.get("recipe") or cls.recipe
-    return {"views": data.get("views") or cls.views, "recipe": recipe,
+    shards = ev.sets["train"]                    # the run's own shards when it recorded them
+    specs = ev.run_dir / "data.json"
+    if specs.is_file():
+        try:
+            recorded = json.loads(specs.read_text()).get("data")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded and Path(str(recorded)).exists():
+            shards = recorded
+    return {"data": shards, "views": data.get("views") or cls.views, "recipe": recipe,
             "view_options": {**cls.view_options, **(data.get("view_options") or {})}}

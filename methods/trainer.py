@@ -70,6 +70,7 @@ class Trainer:
         from .registry import get_method
 
         self.config, self.out = config, Path(out)
+        self.data_specs = {"data": str(data), "val": None if val is None else str(val)}
         self.method_cls = get_method(config.method)
         cls = self.method_cls
         if config.grad_accum > 1 and cls.in_batch_negatives:
@@ -241,6 +242,9 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.write_yaml(c, self.out / "config.yaml")
+            from ..shards.fileio import write_atomic
+            # the shards the run read: clvr eval previews the run's views on them
+            write_atomic(self.out / "data.json", (json.dumps(self.data_specs, indent=1) + "\n").encode())
         self.last_checkpoint = None
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         metrics = open(self.out / "metrics.jsonl", "a") if main else None

@@ -107,6 +107,9 @@ def test_the_report_files_and_figures(report):
             assert im.size[0] > 200 and im.size[1] > 100 and len(set(im.convert("RGB").getdata())) > 8
         assert f"]({name})" in md
     assert (out / "encoder.safetensors").is_file() and (out / "encoder.json").is_file()
+    # the views figure is drawn on the shards the run trained on, which the run recorded
+    recorded = json.loads((Path(r["encoder"]["run_dir"]) / "data.json").read_text())
+    assert recorded["data"].endswith("digits/train") and recorded["val"].endswith("digits/val")
 
 
 def test_knn_numbers_are_the_formula_on_the_cached_features(report):

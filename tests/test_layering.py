@@ -20,7 +20,7 @@ def test_shards_and_the_shard_command_import_no_torch_or_dali():
         # the command's parser declares `clvr views` and `clvr methods` too: their parser modules
         # and errors modules (standard library only) may load, nothing else of those packages
         "light = {'clvr.pipeline', 'clvr.pipeline.cli', 'clvr.pipeline.errors', 'clvr.methods', "
-        "'clvr.methods.cli', 'clvr.methods.errors', 'clvr.methods.train_cli'}\n"
+        "'clvr.methods.cli', 'clvr.methods.errors', 'clvr.methods.train_cli', 'clvr.methods.eval_cli'}\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'nvidia', 'kornia', 'accelerate', 'webdataset', 'numba') or "
         "(m.startswith(('clvr.pipeline', 'clvr.methods')) and m not in light))\n"
