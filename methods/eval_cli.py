@@ -33,7 +33,7 @@ def build_parser(sub) -> None:
     p.add_argument("--transfer-train", metavar="SHARDS", help="another labelled shard set (all: the transfer protocol)")
     p.add_argument("--transfer-val", metavar="SHARDS", help="its scored part")
     p.add_argument("--source", metavar="SHARDS", help="transfer: labelled shards the supervised baseline is "
-                   "pre-trained on (default: --train)")
+                   "pre-trained on (eval all: default --train; eval transfer: without it, no supervised baseline)")
     p.add_argument("--config", metavar="FILE", help="YAML file of eval config overrides")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one eval config field (knn_k=[200,20], linear.epochs=50, fractions=[0.01])")
@@ -102,6 +102,8 @@ def default_out(encoder: Path) -> Path:
     encoder = Path(encoder)
     if encoder.is_dir():
         return encoder / "eval"
+    if encoder.suffix == ".pt":                     # RUN/checkpoints/step-N.pt: RUN/eval
+        return encoder.parent.parent / "eval"
     return encoder.parent / "eval"
 
 

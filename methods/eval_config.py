@@ -15,9 +15,11 @@ from ..pipeline.recipe import apply_overrides
 from .finetune import FinetuneConfig, check_config as check_finetune
 from .train_config import ConfigError, _merge, parse_set, read_yaml, to_dict
 
-__all__ = ["PROTOCOLS", "ConfigError", "EvalConfig", "LinearConfig", "build", "check", "to_dict"]
+__all__ = ["PROTOCOLS", "RUN_ONLY", "ConfigError", "EvalConfig", "LinearConfig", "build", "check", "to_dict"]
 
 PROTOCOLS = ("knn", "linear", "svm", "semi", "transfer")
+#: settings that change how an evaluation runs, not its numbers
+RUN_ONLY = ("batch_size", "device", "threads", "tsne_points", "plots", "progress")
 
 
 @dataclass
@@ -62,6 +64,9 @@ def check(c: EvalConfig) -> EvalConfig:
         raise ConfigError("config batch_size must be at least 1, size and threads not negative")
     if not 0 <= c.center_crop <= 1:
         raise ConfigError(f"config center_crop = {c.center_crop} must be in [0, 1] (0: by view size)")
+    if not isinstance(c.knn_k, list) or not isinstance(c.fractions, list):
+        raise ConfigError(f"config knn_k = {c.knn_k!r} and fractions = {c.fractions!r} must be lists, "
+                          "e.g. knn_k=[200,20] fractions=[0.01]")
     if not c.knn_k or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in c.knn_k):
         raise ConfigError(f"config knn_k = {c.knn_k!r} must be a list of positive integers")
     if not c.knn_temperature > 0 or not c.svm_C > 0:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -68,6 +69,9 @@ def data_fingerprint(shards) -> str:
     """Changes whenever a shard of the set is replaced (path, size, modification time)."""
     rows = []
     for s in shards.shards:
+        if shards.remote:                    # no stat over the network: the URL and the manifest
+            rows.append((str(s.tar), shards.num_samples, _sha(shards.manifest)))
+            continue
         st = os.stat(s.tar)
         rows.append((os.path.abspath(s.tar), st.st_size, st.st_mtime_ns))
     return _sha(rows)[:16]
@@ -104,6 +108,9 @@ class Evaluation:
         else:
             self.weights = spec.with_suffix(".safetensors")
         self.meta = describe(self.weights)
+        if not self.meta.get("sha256"):       # an old or hand-made sidecar: hash the weights here
+            from .export import _sha256
+            self.meta["sha256"] = _sha256(self.weights)
         self.run_dir = self._run_dir(spec)
         self.kind = self.meta["architecture"]["kind"]
         self.views = "video_clips" if self.kind == "video" else "two_view"
@@ -112,11 +119,14 @@ class Evaluation:
             if {"mean", "std"} <= set(self.meta.get("input", {})) else None
         self.name = self.meta.get("method") or self.weights.stem
         self.sets = {"train": train, "val": val}
+        # the labelled shards the supervised baseline of the transfer protocol learns from: its
+        # own key only when they are not the training shards (whose baseline is then reused)
+        self.source_key = "train"
+        if source is not None and str(source) != str(train):
+            self.sets["source"] = source
+            self.source_key = "source"
         if transfer is not None:
             self.sets["transfer_train"], self.sets["transfer_val"] = transfer
-            self.sets["source"] = source if source is not None else train
-        elif source is not None:
-            self.sets["source"] = source
         self.shards = {}
         for key, spec_ in self.sets.items():
             try:
@@ -167,7 +177,7 @@ class Evaluation:
         """The results of an earlier run into the same OUT are kept when they are of the same
         encoder and data (protocols run one at a time add up); otherwise they are replaced."""
         from .. import __version__
-        settings = {k: v for k, v in ecfg.to_dict(self.config).items() if k not in ("progress", "plots")}
+        settings = {k: v for k, v in ecfg.to_dict(self.config).items() if k not in ecfg.RUN_ONLY}
         identity = {"encoder_sha256": self.meta.get("sha256"), "data": self.fingerprints,
                     "config": _sha(settings)}
         path = self.out / "results.json"
@@ -178,6 +188,10 @@ class Evaluation:
                 old = None
             if isinstance(old, dict) and old.get("format") == FORMAT and old.get("identity") == identity:
                 return old
+            keep = path.with_name("results.prev.json")
+            os.replace(path, keep)
+            print(f"clvr eval: {path} holds results of another encoder, data or config; moved to {keep}",
+                  file=sys.stderr)
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "clvr_version": __version__,
                 "identity": identity,
                 "encoder": {"path": str(self.weights), "method": self.meta.get("method"),
@@ -209,7 +223,7 @@ class Evaluation:
     def _ft_kwargs(self) -> dict:
         c = self.config
         return dict(size=self.size, views=self.views, device=c.device, threads=c.threads or None,
-                    progress=c.progress)
+                    progress=c.progress, normalize=self.normalize)
 
     def supervised(self, fraction: float = 1.0, data_key: str = "train") -> Classifier:
         """The architecture trained from scratch on ``fraction`` of ``data_key``'s labels, with
@@ -217,6 +231,7 @@ class Evaluation:
         samples = None if fraction >= 1 else self.subset(fraction, data_key)
         key = _sha({"arch": self.meta["architecture"], "data": self.fingerprints[data_key],
                     "cfg": asdict(self.config.supervised), "seed": self.config.seed, "size": self.size,
+                    "normalize": self.normalize,
                     "samples": None if samples is None else _sha(list(map(int, samples)))})[:16]
         path = self.cache / f"supervised-{data_key}-{pct(fraction).rstrip('%')}pct-{key}.pt"
         model = Classifier(self.random_init(offset=1), self.num_classes(data_key)).to(self._device())
@@ -310,6 +325,15 @@ class Evaluation:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_subset(path, index.numpy(), labels.numpy(), fraction, c.subset_seed)
         chosen = read_subset(path)
+        declared = json.loads(path.read_text()).get("fraction")
+        if declared is not None and abs(float(declared) - fraction) > 1e-9:
+            raise EvalError(f"{path}: a subset of {declared} of the labels, not {fraction}; move it away")
+        _, _, index = self.features("learned", key)
+        unknown = sorted(set(chosen.tolist()) - set(index.tolist()))
+        if unknown:
+            raise EvalError(f"{path}: {len(unknown)} of its sample indices ({', '.join(map(str, unknown[:5]))}"
+                            f"{', ...' if len(unknown) > 5 else ''}) are not in {self.sets[key]}: a subset of "
+                            "other shards; move it away to draw a new one")
         self.results["subsets"][pct(fraction)] = str(path.relative_to(self.out))
         return chosen
 
@@ -414,7 +438,12 @@ class Evaluation:
         if "random_init" in c.baselines:
             starts.append(("random_init", self.random_init))
         if "supervised" in c.baselines:
-            starts.append(("supervised", lambda: self.supervised(1.0, "source").encoder))
+            if str(self.sets[self.source_key]) == str(self.sets["transfer_train"]):
+                self.results["skipped"]["transfer: supervised"] = (
+                    "the supervised baseline would be pre-trained on the target itself; give --source "
+                    "(labelled shards like the pre-training data) to have it")
+            else:
+                starts.append(("supervised", lambda: self.supervised(1.0, self.source_key).encoder))
         for which, make in starts:
             enc = make()
             from .features import extract_features

@@ -75,17 +75,22 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
-def train_recipe(c: FinetuneConfig, size: int) -> dict:
-    """The augmentation of the training views: random resized crop and flip, nothing else."""
-    return {"base": "none", "size": int(size),
-            "crop": {"p": 1.0, "scale": [float(c.crop_scale[0]), float(c.crop_scale[1])]},
-            "flip": {"p": float(c.flip)}}
+def train_recipe(c: FinetuneConfig, size: int, normalize: dict | None = None) -> dict:
+    """The augmentation of the training views: random resized crop and flip, nothing else, and
+    the encoder's normalisation (``{"mean", "std"}``; default ImageNet's)."""
+    recipe = {"base": "none", "size": int(size),
+              "crop": {"p": 1.0, "scale": [float(c.crop_scale[0]), float(c.crop_scale[1])]},
+              "flip": {"p": float(c.flip)}}
+    if normalize:
+        recipe["normalize"] = {"mean": [float(v) for v in normalize["mean"]],
+                               "std": [float(v) for v in normalize["std"]]}
+    return recipe
 
 
 def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: FinetuneConfig | None = None,
              samples=None, fraction: float = 1.0, views: str = "two_view", device: str = "auto",
              torch_device=None, threads: int | None = None, progress: bool = False,
-             desc: str = "fine-tune") -> Classifier:
+             desc: str = "fine-tune", normalize: dict | None = None) -> Classifier:
     """Train ``encoder`` (in place) and a new linear layer on the labelled shards ``data``.
 
     Args:
@@ -101,6 +106,7 @@ def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: F
         torch_device: where the network trains; default CUDA when available, else CPU.
         threads: pipeline threads.
         progress: show a progress bar.
+        normalize: the encoder's input normalisation (its sidecar's mean and std).
 
     Returns:
         the trained :class:`Classifier`, in eval mode.
@@ -121,7 +127,7 @@ def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: F
         from ..pipeline.source import resolve
         n = resolve(data).num_samples or c.batch_size
     batch = min(c.batch_size, n)
-    loader = ViewLoader(data, views, recipe=train_recipe(c, size), batch_size=batch, shuffle=True,
+    loader = ViewLoader(data, views, recipe=train_recipe(c, size, normalize), batch_size=batch, shuffle=True,
                         seed=c.seed, last_batch="pad", samples=samples, view_options=view_options,
                         device=device, num_threads=threads, torch_device=dev)
     steps_per_epoch = len(loader)

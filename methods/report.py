@@ -156,23 +156,25 @@ def write_plots(evaluation) -> dict:
             skipped[name] = f"{type(e).__name__}: {e}"
 
     metrics = ev.run_dir / "metrics.jsonl" if ev.run_dir else None
+    records = None
     if metrics is not None and metrics.is_file():
-        records = plots.read_metrics(metrics)
+        try:
+            records = plots.read_metrics(metrics)
+        except (OSError, ValueError) as e:          # e.g. a killed run's half-written last line
+            skipped["pre-training curves"] = f"{type(e).__name__}: {e}"
+    else:
+        skipped["pre-training curves"] = ("no run directory with metrics.jsonl beside the encoder "
+                                          "(evaluate the run directory to get them)")
+    if records is not None:
         have = plots.curves_available(records)
         attempt("pre-training loss", "loss_curve.png",
                 lambda p: plots.loss_curve(records, p, title=f"{ev.name}: pre-training loss"))
         if have["knn"]:
-            knn = results.get("protocols", {}).get("knn", {})
-            first = next(iter(knn.values()), {})
-            base = {"random init": first["random_init"]["top1"]} if "random_init" in first else None
             attempt("kNN accuracy during pre-training", "knn_curve.png",
-                    lambda p: plots.knn_curve(records, p, title=f"{ev.name}: kNN on the val shards",
-                                              baselines=base))
+                    lambda p: plots.knn_curve(records, p, title=f"{ev.name}: kNN on the run's val shards",
+                                              baselines=_monitor_baseline(ev)))
         else:
             skipped["kNN accuracy during pre-training"] = "the run did not monitor kNN (clvr train --val)"
-    else:
-        skipped["pre-training curves"] = ("no run directory with metrics.jsonl beside the encoder "
-                                          "(evaluate the run directory to get them)")
     panels = {}
     labels = None
     for which in ev.which():
@@ -193,17 +195,37 @@ def write_plots(evaluation) -> dict:
                                                              title=f"val features, {m.upper() if m == 'pca' else 't-SNE'}",
                                                              seed=ev.config.seed,
                                                              max_points=ev.config.tsne_points))
-    views = _run_views(ev)
+    try:
+        views = _run_views(ev)
+    except Exception as e:  # an unreadable config.yaml, a method no longer registered
+        views = None
+        skipped["views of the pre-training recipe"] = f"{type(e).__name__}: {e}"
     if views is not None:
         from ..pipeline.preview import preview
         attempt("views of the pre-training recipe", "views.png",
                 lambda p: preview(views["data"], views["views"], p, recipe=views["recipe"],
                                   view_options=views["view_options"], samples=6, device=ev.config.device))
-    else:
+    elif "views of the pre-training recipe" not in skipped:
         skipped["views of the pre-training recipe"] = "no run directory with config.yaml beside the encoder"
     results["plots"] = drawn
     write_results(ev)
     return drawn
+
+
+def _monitor_baseline(ev) -> dict | None:
+    """Random init's kNN top-1 as a line on the monitor's curve, only when it measures the same
+    thing: the run's --val shards and k (from the run's data.json and config.yaml)."""
+    import yaml
+    knn = ev.results.get("protocols", {}).get("knn", {})
+    try:
+        val = json.loads((ev.run_dir / "data.json").read_text()).get("val")
+        k = (yaml.safe_load((ev.run_dir / "config.yaml").read_text()) or {}).get("knn_k")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    entry = knn.get(f"k{k}", {})
+    if val is None or Path(str(val)).resolve() != Path(str(ev.sets["val"])).resolve() or "random_init" not in entry:
+        return None
+    return {"random init": entry["random_init"]["top1"]}
 
 
 def _run_views(ev):

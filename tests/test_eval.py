@@ -305,3 +305,46 @@ def test_the_readme_demo_table_is_the_demo_results():
     # the demo's promise: a clear margin over random-init features on kNN and linear
     assert knn["learned"]["top1"] - knn["random_init"]["top1"] > 0.1
     assert linear["learned"]["top1"] - linear["random_init"]["top1"] > 0.1
+
+
+def test_review_fixes_bad_settings_logs_and_subset_files(data, run, tmp_path, clvr):
+    import shutil
+    train, val = data / "digits" / "train", data / "digits" / "val"
+    # a scalar where a list is expected is a usage error, not a traceback
+    r = clvr("eval", "knn", run, "--train", train, "--val", val, "--set", "knn_k=200")
+    assert r.code == 2 and "must be lists" in r.err
+    # a run killed mid-line: the report is still written, the curves are skipped with the reason
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    with open(broken / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "loss": 1.')
+    out = tmp_path / "eval"
+    r = clvr("eval", "knn", broken, "--train", train, "--val", val, "--out", out, "--no-baselines", *FAST)
+    assert r.code == 0, r.err
+    res = json.loads((out / "results.json").read_text())
+    assert "line" in res["skipped"]["pre-training curves"] and "embedding_pca.png" in res["plots"].values()
+    # a subset file of other shards is refused, naming it
+    bad = out / "subsets" / "train-10pct-seed0.json"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_text(json.dumps({"format": "clvr-label-subset", "fraction": 0.1, "index": [99999]}))
+    r = clvr("eval", "semi", broken, "--train", train, "--val", val, "--out", out, "--no-baselines", *FAST)
+    assert r.code == 2 and "train-10pct-seed0.json" in r.err and "99999" in r.err
+
+
+def test_transfer_without_source_has_no_supervised_baseline(data, run, tmp_path, clvr):
+    out = tmp_path / "t"
+    r = clvr("eval", "transfer", run, "--train", data / "objects" / "train", "--val", data / "objects" / "val",
+             "--out", out, "--no-plots", *FAST, "--set", "baselines=[supervised]")
+    assert r.code == 0, r.err
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["protocols"]["transfer"]["linear"]) == {"learned"}
+    assert "--source" in res["skipped"]["transfer: supervised"]
+
+
+def test_fine_tuning_views_use_the_encoders_normalisation():
+    from clvr.methods.finetune import FinetuneConfig, train_recipe
+    from clvr.pipeline.recipe import build
+    recipe = build(train_recipe(FinetuneConfig(crop_scale=(0.5, 1.0)), 24, {"mean": [0.5] * 3, "std": [0.2] * 3}))[0]
+    assert recipe.size == 24 and recipe.crop.scale == (0.5, 1.0) and recipe.flip.p == 0.5
+    assert tuple(recipe.normalize.mean) == (0.5,) * 3 and tuple(recipe.normalize.std) == (0.2,) * 3
+    assert recipe.jitter.p == 0 and recipe.grayscale.p == 0 and recipe.blur.p == 0
