@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..shards.fileio import atomic_target
+
 #: the folder of a run directory that holds its checkpoints
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"step-(\d{8,})\.pt")
@@ -45,19 +47,11 @@ def save_checkpoint(run_dir, step: int, state: dict, keep: int = 3) -> Path:
     path = checkpoint_path(run_dir, step)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{path.name}.{os.getpid()}.tmp"
-    try:
+    with atomic_target(path, f".{os.getpid()}.tmp") as tmp:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     _fsync_dir(folder)
     others = [p for p in list_checkpoints(run_dir) if p != path]
     for old in others[:max(len(others) - (keep - 1), 0)]:

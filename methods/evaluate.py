@@ -259,14 +259,10 @@ class Evaluation:
     # -- features -----------------------------------------------------------------------------
 
     def _save(self, path: Path, obj) -> None:
+        from ..shards.fileio import atomic_target
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        try:
+        with atomic_target(path, f".{os.getpid()}.tmp") as tmp:
             torch.save(obj, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def _encoder_identity(self, which: str) -> dict:
         if which == "learned":

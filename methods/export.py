@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..shards.fileio import write_atomic
+from ..shards.fileio import atomic_target, write_atomic
 from .checkpoint import CHECKPOINTS, CheckpointError, latest_checkpoint, load_checkpoint
 
 #: the sidecar's ``format``, and the version of its fields
@@ -78,17 +78,9 @@ def export_encoder(source, out, *, verify: bool = True) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    with atomic_target(out, f".{os.getpid()}.tmp") as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
         digest = _sha256(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     sidecar = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "weights": out.name, "sha256": digest, "tensors": len(tensors),

@@ -4,19 +4,19 @@ writing output files atomically."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 from .errors import Reject
 
 
-def write_atomic(path, data: bytes, tmp_suffix: str = ".tmp") -> None:
-    """Write ``data`` to ``path`` through ``path + tmp_suffix`` and a rename, so readers see the
-    old file or the whole new one. The temporary file never outlives an interruption (Ctrl-C
-    included)."""
-    path = os.fspath(path)
-    tmp = path + tmp_suffix
+@contextmanager
+def atomic_target(path, tmp_suffix: str = ".tmp"):
+    """Yield the temporary path ``path + tmp_suffix`` to write; when the block ends it replaces
+    ``path`` (readers see the old file or the whole new one), and when the block fails (Ctrl-C
+    included) it is removed."""
+    tmp = os.fspath(path) + tmp_suffix
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -24,6 +24,13 @@ def write_atomic(path, data: bytes, tmp_suffix: str = ".tmp") -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_atomic(path, data: bytes, tmp_suffix: str = ".tmp") -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_target`."""
+    with atomic_target(path, tmp_suffix) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def read_bytes(path: str) -> bytes:
