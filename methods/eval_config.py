@@ -50,7 +50,8 @@ class EvalConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # supervised training from scratch: the usual supervised settings, not the fine-tuning ones
     supervised: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=0.1, weight_decay=5e-4))
-    baselines: list = field(default_factory=lambda: ["random_init", "supervised"])   # [] for none
+    baselines: list = field(default_factory=lambda: ["raw_pixels", "random_init", "supervised"])  # [] for none
+    raw_pixels_size: int = 32        # the raw-pixel baseline pools the eval view to at most this side
     seed: int = 0                    # of the random initialisations
     tsne_points: int = 2000          # t-SNE runs on at most this many val features
     plots: bool = True
@@ -80,9 +81,11 @@ def check(c: EvalConfig) -> EvalConfig:
                           "lr and logistic_C positive")
     check_finetune(c.finetune, "config finetune", ConfigError)
     check_finetune(c.supervised, "config supervised", ConfigError)
-    if not isinstance(c.baselines, list) or not set(c.baselines) <= {"random_init", "supervised"}:
-        raise ConfigError(f"config baselines = {c.baselines!r}; a list of random_init and/or supervised "
-                          "([] for none)")
+    if not isinstance(c.baselines, list) or not set(c.baselines) <= {"raw_pixels", "random_init", "supervised"}:
+        raise ConfigError(f"config baselines = {c.baselines!r}; a list of raw_pixels, random_init and/or "
+                          "supervised ([] for none)")
+    if c.raw_pixels_size < 1:
+        raise ConfigError(f"config raw_pixels_size = {c.raw_pixels_size} must be at least 1")
     if c.tsne_points < 5:
         raise ConfigError(f"config tsne_points = {c.tsne_points} must be at least 5")
     return c

@@ -1,8 +1,10 @@
 """``clvr eval``: how good is an encoder's representation, and compared with what?
 
-Every protocol scores the **learned** encoder and, with the same architecture, the same labels
-and the same settings, two baselines:
+Every protocol scores the **learned** encoder and, with the same labels and the same settings,
+three baselines:
 
+- ``raw_pixels``: the eval view's pixels themselves (pooled to at most ``raw_pixels_size`` px a
+  side, flattened) as the features: what any representation must beat;
 - ``random_init``: the architecture with random weights (seeded), under the same protocol;
 - ``supervised``: the architecture trained from scratch with labels (:mod:`.finetune`, its own
   supervised settings): with all the training labels for the frozen-feature protocols, and with
@@ -13,7 +15,8 @@ The protocols (``PROTOCOLS``):
 ========== =====================================================================================
 knn        weighted kNN on frozen features (cosine, votes exp(s/t)), k = 200 and 20, t = 0.07
 linear     a linear layer on frozen, standardised features: SGD + cosine decay, and logistic
-           regression; top-1 and top-5
+           regression; top-1 and top-5; logistic regression again on each label share of
+           ``fractions`` (the same subsets as ``semi``)
 svm        a linear SVM on the same features (as InstDisc)
 semi       the whole network fine-tuned on 1% and 10% of the training labels (class-balanced,
            seeded subsets written to ``OUT/subsets/``)
@@ -47,7 +50,9 @@ from . import eval_config as ecfg
 from .errors import MethodError
 from .finetune import Classifier, epochs_for, finetune
 
-ENCODERS = ("learned", "random_init", "supervised")
+ENCODERS = ("learned", "raw_pixels", "random_init", "supervised")
+#: baselines that are a network (the others, raw pixels, cannot be fine-tuned)
+NETWORKS = ("learned", "random_init", "supervised")
 FORMAT = "clvr-eval-results"
 FORMAT_VERSION = 1
 
@@ -220,6 +225,12 @@ class Evaluation:
             model = _build(self.meta["architecture"], str(self.weights))
         return model.to(self._device()).eval()
 
+    def raw_pixels(self) -> torch.nn.Module:
+        """The raw-pixel "encoder": the eval view's normalised pixels, average-pooled to at most
+        ``raw_pixels_size`` px a side, flattened."""
+        from .features import RawPixels
+        return RawPixels(self.config.raw_pixels_size)
+
     def _ft_kwargs(self) -> dict:
         c = self.config
         return dict(size=self.size, views=self.views, device=c.device, threads=c.threads or None,
@@ -249,12 +260,16 @@ class Evaluation:
             return self.learned()
         if which == "random_init":
             return self.random_init()
+        if which == "raw_pixels":
+            return self.raw_pixels()
         if which == "supervised":
             return self.supervised(1.0).encoder.eval()
         raise ValueError(which)
 
-    def which(self) -> tuple[str, ...]:
-        return ("learned",) + tuple(b for b in ENCODERS[1:] if b in self.config.baselines)
+    def which(self, networks_only: bool = False) -> tuple[str, ...]:
+        """The learned encoder and the configured baselines (``networks_only``: not raw pixels)."""
+        chosen = ("learned",) + tuple(b for b in ENCODERS[1:] if b in self.config.baselines)
+        return tuple(w for w in chosen if w in NETWORKS) if networks_only else chosen
 
     # -- features -----------------------------------------------------------------------------
 
@@ -267,6 +282,8 @@ class Evaluation:
     def _encoder_identity(self, which: str) -> dict:
         if which == "learned":
             return {"sha256": self.meta.get("sha256")}
+        if which == "raw_pixels":
+            return {"raw_pixels": self.config.raw_pixels_size}
         ident = {"arch": self.meta["architecture"], "seed": self.config.seed}
         if which == "supervised":
             ident.update(cfg=asdict(self.config.supervised), data=self.fingerprints["train"])
@@ -368,6 +385,31 @@ class Evaluation:
                 out["sgd"][which] = topk_accuracy(layer(vf), vlab)
             out["logistic"][which] = logistic_regression(f, lab, vf, vlab, C=lc.logistic_C,
                                                          max_iter=lc.logistic_max_iter)
+        if self.config.fractions:
+            out["logistic_shares"] = self.linear_shares()
+        return out
+
+    def linear_shares(self) -> dict:
+        """Logistic regression on frozen features fitted on each label share of ``fractions``
+        (the subsets of ``semi``; the features are standardised with the statistics of the whole
+        unlabelled training set). The supervised column is the network trained from scratch on
+        the same subset, as in the semi-supervised rows."""
+        from .linear_probe import logistic_regression
+        lc = self.config.linear
+        out: dict = {}
+        for fraction in self.config.fractions:
+            samples = torch.as_tensor(self.subset(fraction))
+            row: dict = {"labelled_samples": int(len(samples))}
+            for which in self.which():
+                if which == "supervised":
+                    row["supervised"] = self.supervised_from_scratch(fraction)
+                    continue
+                f, lab, vf, vlab = self._frozen(which)
+                _, _, index = self.features(which, "train")
+                rows = torch.isin(index, samples)
+                row[which] = logistic_regression(f[rows], lab[rows], vf, vlab, C=lc.logistic_C,
+                                                 max_iter=lc.logistic_max_iter)
+            out[pct(fraction)] = row
         return out
 
     def svm(self) -> dict:
@@ -398,7 +440,7 @@ class Evaluation:
             starts = [("learned", self.learned)]
             if "random_init" in c.baselines:
                 starts.append(("random_init", self.random_init))
-            for which, make in starts:
+            for which, make in starts:      # raw pixels have nothing to fine-tune: see linear
                 model = finetune(make(), self.sets["train"], self.num_classes(), config=c.finetune,
                                  samples=samples, fraction=fraction,
                                  desc=f"fine-tune {which}, {pct(fraction)} of the labels", **self._ft_kwargs())
@@ -431,6 +473,8 @@ class Evaluation:
         n = self.num_classes("transfer_train")
         out: dict = {"linear": {}, "finetune": {}}
         starts = [("learned", self.learned)]
+        if "raw_pixels" in c.baselines:
+            starts.append(("raw_pixels", self.raw_pixels))
         if "random_init" in c.baselines:
             starts.append(("random_init", self.random_init))
         if "supervised" in c.baselines:
@@ -455,6 +499,8 @@ class Evaluation:
                 f, vf = standardize(f, vf)
             out["linear"][which] = logistic_regression(f, lab, vf, vlab, C=c.linear.logistic_C,
                                                        max_iter=c.linear.logistic_max_iter)
+            if which == "raw_pixels":
+                continue                 # nothing to fine-tune
             model = finetune(enc, self.sets["transfer_train"], n, config=c.finetune, fraction=1.0,
                              desc=f"transfer: fine-tune {which}", **self._ft_kwargs())
             out["finetune"][which] = self._accuracy(model, "transfer_val")

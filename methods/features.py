@@ -81,6 +81,28 @@ def eval_loader(data, batch_size: int = 256, views="two_view", size: int | None 
                       last_batch="pad", device=device, **kw)
 
 
+class RawPixels(nn.Module):
+    """The raw-pixel baseline as an "encoder": views (B, 3, H, W), or clips (B, T, 3, H, W),
+    average-pooled to at most ``max_side`` px a side (so that a 224-px view does not give 150,528
+    features), flattened to (B, D). Clips are averaged over time first. It has no parameters."""
+
+    def __init__(self, max_side: int = 32):
+        super().__init__()
+        if max_side < 1:
+            raise ValueError(f"raw pixels: max_side = {max_side} must be at least 1")
+        self.max_side = int(max_side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5:
+            x = x.float().mean(1)
+        x = x.float()
+        h, w = x.shape[-2:]
+        if max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            x = torch.nn.functional.adaptive_avg_pool2d(x, (max(1, round(h * scale)), max(1, round(w * scale))))
+        return x.flatten(1)
+
+
 @torch.no_grad()
 def extract_features(encoder: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``encoder`` applied to the first view of every valid sample of one epoch of ``loader``.

@@ -107,11 +107,23 @@ class Method(nn.Module):
         """Raise :class:`MethodError` for values that are well-typed but wrong (e.g. a
         non-positive temperature). Subclasses extend it."""
         for f in dataclasses.fields(config):
-            if f.name == "temperature" and getattr(config, f.name) <= 0:
-                raise MethodError(f"method {cls.name!r}: temperature must be positive, got {config.temperature}")
+            if f.name == "temperature" and not getattr(config, f.name) > 0:
+                raise MethodError(f"method {cls.name!r}: temperature = {config.temperature} must be positive "
+                                  "(the similarities are divided by it; the papers use 0.07 to 0.5)")
         if getattr(config, "width", 0) < 0:
             raise MethodError(f"method {cls.name!r}: width must be 0 (the backbone's own) or positive, "
                               f"got {config.width}")
+
+    @classmethod
+    def check_training(cls, config, batch_size: int, world_size: int = 1, view_options: dict | None = None) -> None:
+        """Refuse training settings this method cannot learn from, before anything is built:
+        ``config`` is the method's checked Config, ``batch_size`` the batch per process.
+        Subclasses extend it (MoCo's queue must hold whole global batches of keys)."""
+        from .train_config import ConfigError
+        if cls.in_batch_negatives and batch_size < 2:
+            raise ConfigError(f"config data.batch_size = {batch_size}: method {cls.name!r} takes its negatives "
+                              "from the other images of the batch, and a batch of one image has none; use at "
+                              "least 2 (the papers use 256 to 4096)")
 
     @classmethod
     def defaults(cls) -> dict:

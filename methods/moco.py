@@ -69,6 +69,23 @@ class MoCoV1(Method):
         if config.bn_splits < 1 or config.queue < 1:
             raise MethodError(f"method {cls.name!r}: bn_splits and queue must be positive")
 
+    @classmethod
+    def check_training(cls, config, batch_size: int, world_size: int = 1, view_options: dict | None = None) -> None:
+        """The queue must hold whole steps of keys: at least one, and a multiple of it."""
+        from .train_config import ConfigError
+        super().check_training(config, batch_size, world_size, view_options)
+        views = int((view_options or {}).get("views", 2))
+        key_views = views if config.symmetric else max(views - 1, 1)
+        keys = batch_size * world_size * key_views
+        step = (f"the {keys} keys one step enqueues (data.batch_size {batch_size} x {world_size} process(es) "
+                f"x {key_views} key view(s))")
+        if config.queue < keys:
+            raise ConfigError(f"config model.queue = {config.queue} is smaller than {step}: the queue would not "
+                              f"hold one batch of negatives; use a multiple of {keys} (MoCo's is 65536)")
+        if config.queue % keys:
+            raise ConfigError(f"config model.queue = {config.queue} is not a multiple of {step}, so a batch would "
+                              f"wrap around its end; use {keys * max(config.queue // keys, 1)} or another multiple")
+
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
         c = self.config

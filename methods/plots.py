@@ -53,7 +53,10 @@ DPI = 100
 # -- metrics.jsonl --------------------------------------------------------------------------------
 
 def _kind(record: Mapping) -> str:
-    """"knn" for a kNN monitor record, "train" for a training one."""
+    """"knn" for a kNN monitor record, "event" for a named event (a collapse), "train" for a
+    training one."""
+    if "event" in record:
+        return "event"
     return "knn" if "knn_top1" in record else "train"
 
 
@@ -83,7 +86,7 @@ def read_metrics(path) -> list[dict]:
             key = (step, _kind(record))
             last.pop(key, None)  # re-insert: the dict keeps the last occurrence
             last[key] = record
-    order = {"train": 0, "knn": 1}
+    order = {"train": 0, "event": 1, "knn": 2}
     return [last[k] for k in sorted(last, key=lambda k: (k[0], order[k[1]]))]
 
 

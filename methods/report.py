@@ -2,10 +2,11 @@
 
 ``results.json`` (``format: clvr-eval-results``) holds, under ``protocols``, one entry per
 protocol run; each score is ``{"top1": .., "top5": ..}`` (shares in [0, 1]) under the key of the
-encoder it belongs to: ``learned``, ``random_init`` or ``supervised``::
+encoder it belongs to: ``learned``, ``raw_pixels``, ``random_init`` or ``supervised``::
 
     protocols.knn.k200 / k20                  kNN, t = 0.07
     protocols.linear.sgd / logistic           frozen features, linear layer
+    protocols.linear.logistic_shares.1% / 10% logistic regression fitted on that share of the labels
     protocols.svm.linear_svm                  frozen features, linear SVM
     protocols.semi.1% / 10%                   fine-tuned on that share of the labels
                                               (+ labelled_samples, epochs)
@@ -45,39 +46,46 @@ def _delta(row: dict) -> str:
     return f"{100 * (a['top1'] - b['top1']):+.1f}"
 
 
+def _cells(entry: dict) -> list[str]:
+    """learned, raw pixels, random init, supervised, learned - random init."""
+    return [_fmt(entry.get("learned")), _fmt(entry.get("raw_pixels")), _fmt(entry.get("random_init")),
+            _fmt(entry.get("supervised")), _delta(entry)]
+
+
 def table_rows(results: dict) -> list[list[str]]:
-    """The rows of the results table: protocol, setting, labels, learned, random init,
-    supervised, learned - random init (top-1, %)."""
+    """The rows of the results table: protocol, setting, labels, learned, raw pixels, random
+    init, supervised, learned - random init (top-1, %)."""
     p = results.get("protocols", {})
     cfg = results.get("config", {})
     rows = []
     for key, entry in p.get("knn", {}).items():                 # every k, in the configured order
-        rows.append(["kNN", f"k={key[1:]}, t={cfg.get('knn_temperature', 0.07):g}", "100%",
-                     _fmt(entry.get("learned")), _fmt(entry.get("random_init")),
-                     _fmt(entry.get("supervised")), _delta(entry)])
+        rows.append(["kNN", f"k={key[1:]}, t={cfg.get('knn_temperature', 0.07):g}", "100%", *_cells(entry)])
     for protocol, key, label, setting in ROWS:
         entry = p.get(protocol, {}).get(key)
         if entry:
-            rows.append([label, setting, "100%", _fmt(entry.get("learned")), _fmt(entry.get("random_init")),
-                         _fmt(entry.get("supervised")), _delta(entry)])
-    for share, entry in p.get("semi", {}).items():
-        rows.append(["semi-supervised", f"fine-tune, {entry.get('epochs')} epochs", share,
-                     _fmt(entry.get("learned")), _fmt(entry.get("random_init")), _fmt(entry.get("supervised")),
-                     _delta(entry)])
+            rows.append([label, setting, "100%", *_cells(entry)])
+    for share, entry in _by_share(p.get("linear", {}).get("logistic_shares", {})):
+        rows.append(["linear", "logistic regression", share, *_cells(entry)])
+    for share, entry in _by_share(p.get("semi", {})):
+        rows.append(["semi-supervised", f"fine-tune, {entry.get('epochs')} epochs", share, *_cells(entry)])
     for key, setting in (("linear", "logistic regression"), ("finetune", "fine-tune")):
         entry = p.get("transfer", {}).get(key)
         if entry:
-            rows.append(["transfer", setting, "100%", _fmt(entry.get("learned")), _fmt(entry.get("random_init")),
-                         _fmt(entry.get("supervised")), _delta(entry)])
-    for share, entry in sorted(results.get("supervised_from_scratch", {}).items(),
-                               key=lambda kv: float(kv[0].rstrip("%"))):
-        rows.append(["supervised from scratch", f"{entry.get('epochs')} epochs", share, "–", "–", _fmt(entry), "–"])
+            rows.append(["transfer", setting, "100%", *_cells(entry)])
+    for share, entry in _by_share(results.get("supervised_from_scratch", {})):
+        rows.append(["supervised from scratch", f"{entry.get('epochs')} epochs", share, "–", "–", "–",
+                     _fmt(entry), "–"])
     return rows
+
+
+def _by_share(entries: dict) -> list:
+    """``{"10%": .., "1%": ..}`` items in increasing label share."""
+    return sorted(entries.items(), key=lambda kv: float(kv[0].rstrip("%")))
 
 
 def header(results: dict) -> list[str]:
     name = results.get("encoder", {}).get("method") or "learned"
-    return ["protocol", "setting", "labels", name, "random init", "supervised", f"{name} − random"]
+    return ["protocol", "setting", "labels", name, "raw pixels", "random init", "supervised", f"{name} − random"]
 
 
 def markdown_table(results: dict) -> str:
@@ -108,8 +116,8 @@ def caption(results: dict) -> str:
     return (f"Top-1 accuracy (%) on {val.get('spec')} ({val.get('samples')} samples, {val.get('classes')} classes) "
             f"of `{enc.get('method')}` ({arch.get('name')}{', ' + options if options else ''}, step "
             f"{enc.get('step')}); the baselines have the same architecture and labels. `random init`: random "
-            "weights under the same protocol; `supervised`: trained from scratch with the labels (all of them "
-            "for frozen-feature protocols, the same subset for semi-supervised rows). Top-5 is in results.json.")
+            "weights under the same protocol; `raw pixels`: the eval view's pixels as the features; `supervised`: trained from scratch with the labels (all of them "
+            "for frozen-feature protocols at 100%, the same subset for rows of fewer labels). Top-5 is in results.json.")
 
 
 def markdown(results: dict) -> str:
@@ -185,7 +193,7 @@ def write_plots(evaluation) -> dict:
         except Exception as e:
             skipped[f"embedding of {which}"] = f"{type(e).__name__}: {e}"
             continue
-        panels[{"learned": ev.name, "random_init": "random init"}.get(which, which)] = f
+        panels[{"learned": ev.name, "random_init": "random init", "raw_pixels": "raw pixels"}.get(which, which)] = f
         labels = lab
     if panels:
         classes = ev.shards["val"].classes

@@ -81,6 +81,8 @@ class TrainConfig:
     keep: int = 3                    # checkpoints kept
     log_every: int = 10              # steps between metric lines
     on_nonfinite: str = "stop"       # stop | skip (a step with a non-finite loss is skipped)
+    collapse_threshold: float = 0.01  # features' spread below it is a collapse (see .collapse); 0: off
+    on_collapse: str = "warn"        # warn (progress bar, metrics.jsonl) | stop
     progress: bool = True
     knn_every: int = 5               # epochs between kNN checks on --val (and one at the end)
     knn_k: int = 200
@@ -92,7 +94,7 @@ CHOICES = {
     "data.device": ("auto", "cpu", "gpu"), "data.photometric": ("dali", "kornia"),
     "data.on_error": ("raise", "skip"), "optim.name": ("sgd", "adamw", "lars"),
     "optim.lr_scaling": ("linear", "sqrt", "none"), "schedule.kind": ("cosine", "step", "constant"),
-    "precision": ("no", "bf16", "fp16"), "on_nonfinite": ("stop", "skip"),
+    "precision": ("no", "bf16", "fp16"), "on_nonfinite": ("stop", "skip"), "on_collapse": ("warn", "stop"),
 }
 
 
@@ -118,6 +120,9 @@ def check(config: TrainConfig) -> TrainConfig:
     for key in ("max_steps", "checkpoint_every", "data.threads", "knn_every"):
         if _get(config, key) < 0:
             raise ConfigError(f"config {key} = {_get(config, key)} must not be negative")
+    if not config.collapse_threshold >= 0:
+        raise ConfigError(f"config collapse_threshold = {config.collapse_threshold} must not be negative "
+                          "(0 turns the collapse check off)")
     if config.optim.lr <= 0:
         raise ConfigError(f"config optim.lr = {config.optim.lr} must be positive")
     ms = config.schedule.milestones

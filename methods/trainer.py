@@ -10,6 +10,7 @@ The loop, per step::
     accelerator.backward(loss)                   DDP averages the gradients
     optimizer.step(); scheduler.step()           lr = base x global batch / 256, warm-up, decay
     method.after_step(step, total)               momentum encoders
+    collapse check (every log_every steps)       the encoder's feature spread (.collapse)
     metrics.jsonl, progress bar, checkpoints     on the main process
 
 Checkpoints (:mod:`.checkpoint`) hold everything a resume needs: the method (with its memory bank,
@@ -92,6 +93,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         d = config.data
         view_options = {**cls.view_options, **d.view_options}
+        # the method's settings are checked before the data pipeline is built: a typo in model.*,
+        # a temperature of 0 or a queue shorter than a batch is refused at once, by name
+        method_config = cls.make_config(config.model)
+        cls.check_training(method_config, d.batch_size, acc.num_processes, view_options)
         self.loader = ViewLoader(data, d.views or cls.views, recipe=d.recipe or cls.recipe,
                                  batch_size=d.batch_size, device=d.device, rank=acc.process_index,
                                  world_size=acc.num_processes, local_rank=acc.local_process_index,
@@ -108,9 +113,11 @@ class Trainer:
         self.knn_loaders = None
         if val is not None:
             self.knn_loaders = self._knn_loaders(data, val)
-        self.method = cls(config.model, num_samples=self.loader.num_samples)
+        self.method = cls(method_config, num_samples=self.loader.num_samples)
         if config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
+        from .collapse import CollapseMonitor
+        self.collapse = CollapseMonitor(self.method.encoder, config.collapse_threshold)
         if config.compile:
             self.method.encoder.compile()
         self.global_batch = d.batch_size * acc.num_processes
@@ -279,13 +286,22 @@ class Trainer:
                 logs = self._train_step(batch)
                 self.step += 1
                 seen += len(batch) * acc.num_processes
-                write = metrics is not None and (self.step % c.log_every == 0 or self.step == self.total_steps)
+                log_step = self.step % c.log_every == 0 or self.step == self.total_steps
+                if log_step:
+                    logs.update(self._check_collapse(metrics, bar))
+                write = metrics is not None and log_step
                 if bar is not None or write:
                     rate = seen / max(time.perf_counter() - tick, 1e-9)
                     lr = self.optimizer.param_groups[0]["lr"]
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
+                        extra = {}
+                        if self.collapse.last is not None:
+                            extra["spread"] = f"{self.collapse.last:.3f}"
+                        if self.collapse.collapsed:
+                            extra["COLLAPSE"] = f"since step {self.collapse.since_step}"
+                        bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}",
+                                        **extra)
                     if write:
                         line = {"step": self.step, "epoch": epoch, "lr": lr, "images_per_s": rate, **logs}
                         metrics.write(json.dumps(line) + "\n")
@@ -305,6 +321,32 @@ class Trainer:
         return {"steps": self.step, "total_steps": self.total_steps, "checkpoint": path,
                 "stopped_by_signal": stopped, "skipped_steps": self.skipped_steps,
                 "resumed_from": self.resumed_from}
+
+    def _check_collapse(self, metrics, bar) -> dict:
+        """The collapse monitor's verdict on the steps since the last check (logged with the
+        step); a collapse that starts is written as an event line and to the bar or stderr, and
+        stops the run when ``on_collapse = stop`` (decided by every process together)."""
+        status = self.collapse.check(self.step)
+        collapsed = self.collapse.collapsed
+        if self.accelerator.num_processes > 1 and self.config.on_collapse == "stop":
+            from .distributed import any_across_processes
+            collapsed = any_across_processes(collapsed, self.accelerator.device)
+        if self.collapse.started and self.accelerator.is_main_process:
+            text = self.collapse.message(self.method_cls.name)
+            if metrics is not None:
+                metrics.write(json.dumps({"step": self.step, "event": "collapse",
+                                          "feature_spread": self.collapse.last, "message": text}) + "\n")
+                metrics.flush()
+            if bar is not None:
+                bar.write(f"step {self.step}: {text}")
+            else:
+                import sys
+                print(f"clvr train: step {self.step}: {text}", file=sys.stderr)
+        if collapsed and self.config.on_collapse == "stop":
+            raise TrainingError(f"step {self.step}: {self.collapse.message(self.method_cls.name)}; stopping "
+                                f"(on_collapse = stop). The last checkpoint is "
+                                f"{self.last_checkpoint or 'none yet (the run start)'}")
+        return status
 
     def _log_knn(self, metrics, bar) -> None:
         result = self.knn()

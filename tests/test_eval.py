@@ -95,7 +95,7 @@ def test_the_report_files_and_figures(report):
     _, out, _ = report
     r = results(report)
     md = (out / "results.md").read_text()
-    assert "| protocol | setting | labels | simclr | random init | supervised | simclr − random |" in md
+    assert "| protocol | setting | labels | simclr | raw pixels | random init | supervised | simclr − random |" in md
     assert md.count("\n| ") >= 10                                       # header + every row
     expected = {"loss_curve.png", "knn_curve.png", "embedding_pca.png", "embedding_tsne.png", "views.png"}
     assert set(r["plots"].values()) == expected
