@@ -5,6 +5,8 @@
 #                  demo-captions for the other demo sets)
 #   make test   -- install, then run the test suite (what CI runs)
 #   make bench  -- install, then run the benchmarks in bench/
+#   make bench-quality -- install, then bench/method_quality.py: every method on the digits, 3 seeds,
+#                  against raw pixels, random init and supervised (about 75 min on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,7 +19,7 @@ RUNS ?= runs
 METHOD ?=
 DEMO_FLAGS := $(if $(METHOD),--method $(METHOD))
 
-.PHONY: setup test demo demo-video demo-objects demo-captions demo-shards bench clean
+.PHONY: setup test demo demo-video demo-objects demo-captions demo-shards bench bench-quality clean
 
 setup: $(STAMP)
 
@@ -54,6 +56,9 @@ bench: setup
 	$(PY) bench/pipeline_throughput.py
 	$(PY) bench/method_bookkeeping.py --size 32 --steps 2 --repeats 10
 	$(PY) bench/feature_extraction.py
+
+bench-quality: setup
+	$(PY) bench/method_quality.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(DATA) $(RUNS) bench/out .pytest_cache

@@ -55,7 +55,7 @@ DEMOS = {
                   "knn_every": 2},
         "limit": 400,                  # VP9 clips decode slowly on a CPU: 320 train, 80 val videos
         "protocols": ["knn"],
-        "eval": {"baselines": ["random_init"]},
+        "eval": {"baselines": ["raw_pixels", "random_init"]},
     },
     "digits-objects": {
         "method": "object_contrast",
@@ -68,7 +68,7 @@ DEMOS = {
         "protocols": ["knn"],
         # object-level features are scored on single objects: kNN on the plain digits at 16 px
         "eval_data": "digits",
-        "eval": {"size": 16, "baselines": ["random_init"]},
+        "eval": {"size": 16, "baselines": ["raw_pixels", "random_init"]},
     },
     "digits-captions": {
         "method": "clip",
@@ -77,7 +77,7 @@ DEMOS = {
                   "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
                   "schedule": {"kind": "cosine", "warmup_epochs": 1}, "epochs": 10, "knn_every": 5},
         "protocols": ["knn"],
-        "eval": {"baselines": ["random_init"]},
+        "eval": {"baselines": ["raw_pixels", "random_init"]},
     },
 }
 

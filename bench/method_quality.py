@@ -1,0 +1,247 @@
+"""Benchmark: how well does each method learn on the embedded digits, against raw pixels, random
+init and supervised training from scratch, over several seeds?
+
+For each method (InstDisc, PIRL, CPC v2, MoCo v2, SimCLR, BYOL by default) and each seed, the
+script pre-trains with the same budget (the small-image settings of
+:mod:`clvr.methods.small_images`: the same ResNet-18 of width 16 at 16 px, the same optimiser,
+schedule, batch and epochs; the view is the digits demo's) on the 1,438 training digits, then
+runs ``clvr eval`` (knn, linear, semi) on the 359 val digits:
+
+* kNN (k = 20, t = 0.07) with all the labels;
+* logistic regression on frozen features with 100%, 10% and 1% of the labels (the class-balanced
+  subsets of ``clvr eval``);
+* the whole network fine-tuned on 10% and 1% of the labels.
+
+The baselines are scored once per seed under the same protocols (their random weights and
+supervised training are seeded with it): ``raw pixels`` (the eval view's pixels), ``random
+init`` (the architecture untrained) and ``supervised`` (trained from scratch with the labels:
+all of them for kNN and the 100% linear column, the same subset for the 10% and 1% columns).
+
+The table is mean ± std (sample standard deviation) over the seeds, top-1 %, with the
+pre-training minutes; the checks of issue 12 follow it, and a figure of the linear accuracy at
+each label share is written beside it. Every run is kept in OUT (default
+``bench/out/method_quality``), so an interrupted benchmark continues where it stopped.
+
+Usage:
+    python bench/method_quality.py                            # 6 methods x 3 seeds (about 75 min on 2 cores)
+    python bench/method_quality.py --methods simclr --seeds 0 1 2
+    python bench/method_quality.py --epochs 2 --methods simclr byol --seeds 0   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ["instdisc", "pirl", "cpc_v2", "moco_v2", "simclr", "byol"]
+BASELINES = ["raw_pixels", "random_init", "supervised"]
+#: (column, label share, how it is read from results.json)
+COLUMNS = [("kNN 100%", "100%", "knn"), ("linear 100%", "100%", "linear"), ("linear 10%", "10%", "linear"),
+           ("linear 1%", "1%", "linear"), ("fine-tune 10%", "10%", "finetune"), ("fine-tune 1%", "1%", "finetune")]
+NAMES = {"raw_pixels": "raw pixels", "random_init": "random init", "supervised": "supervised from scratch"}
+
+
+def log(msg: str) -> None:
+    print(f"[method_quality] {msg}", file=sys.stderr, flush=True)
+
+
+def top1(entry) -> float | None:
+    return 100 * entry["top1"] if isinstance(entry, dict) and "top1" in entry else None
+
+
+def scores(results: dict, which: str) -> dict:
+    """Column -> top-1 % of encoder ``which`` in one results.json (None where it has none)."""
+    p = results["protocols"]
+    scratch = results.get("supervised_from_scratch", {})
+    out = {}
+    for column, share, kind in COLUMNS:
+        if kind == "knn":
+            out[column] = top1(p["knn"]["k20"].get(which))
+        elif kind == "linear":
+            entry = p["linear"]["logistic"] if share == "100%" else p["linear"]["logistic_shares"][share]
+            out[column] = top1(scratch.get(share)) if which == "supervised" and share != "100%" \
+                else top1(entry.get(which))
+        else:
+            out[column] = top1(p["semi"][share].get(which)) if which != "raw_pixels" else None
+    return out
+
+
+def train_config(method: str, seed: int, recipe: Path, epochs: int | None):
+    from clvr.methods import train_config as tcfg
+    from clvr.methods.small_images import train_settings
+    settings = train_settings(method)
+    settings["data"]["recipe"] = str(recipe)
+    settings.update(seed=seed, progress=False, tensorboard=False, checkpoint_every=0, knn_every=0)
+    if epochs:
+        settings["epochs"] = epochs
+    return tcfg.build(method, overrides=settings)
+
+
+def pretrain(method: str, seed: int, out: Path, data: Path, recipe: Path, epochs: int | None) -> dict:
+    """Train (or reuse a finished run); returns its seconds and the lowest feature spread."""
+    from clvr.methods.trainer import Trainer
+    run = out / "runs" / f"{method}-seed{seed}"
+    done = run / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    import shutil
+    shutil.rmtree(run, ignore_errors=True)
+    config = train_config(method, seed, recipe, epochs)
+    t = time.perf_counter()
+    trainer = Trainer(config, data / "train", run)
+    log(f"pre-train {method}, seed {seed}: {trainer.total_steps} steps")
+    trainer.run()
+    seconds = time.perf_counter() - t
+    spreads = [r["feature_spread"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if "feature_spread" in r]
+    info = {"seconds": round(seconds, 1), "steps": trainer.total_steps, "min_feature_spread": min(spreads),
+            "collapsed": any(s < config.collapse_threshold for s in spreads)}
+    done.write_text(json.dumps(info))
+    return info
+
+
+def evaluate(method: str, seed: int, out: Path, data: Path, baselines: list[str]) -> dict:
+    from clvr.methods import eval_config
+    from clvr.methods.evaluate import Evaluation
+    report = out / "eval" / f"{method}-seed{seed}"
+    if (report / "done.json").is_file():
+        return json.loads((report / "results.json").read_text())
+    config = eval_config.build(overrides={"knn_k": [20], "fractions": [0.01, 0.1], "seed": seed,
+                                          "baselines": baselines, "plots": False, "progress": False})
+    ev = Evaluation(out / "runs" / f"{method}-seed{seed}", data / "train", data / "val", report, config)
+    results = ev.run(["knn", "linear", "semi"])
+    (report / "done.json").write_text("{}")
+    return results
+
+
+def mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(rows: dict, minutes: dict, seeds: list[int]) -> str:
+    head = ["", *(c for c, _, _ in COLUMNS), "pre-training (min)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, per_seed in rows.items():
+        cells = [mean_std([s[c] for s in per_seed]) for c, _, _ in COLUMNS]
+        m = minutes.get(name)
+        lines.append("| " + " | ".join([name, *cells, mean_std(m) if m else "–"]) + " |")
+    return "\n".join(lines)
+
+
+def checks(rows: dict, methods: list[str]) -> list[str]:
+    """Issue 12's figures, each PASS or FAIL with the measured values (means over the seeds)."""
+    def mean(name, column):
+        values = [s[column] for s in rows[name] if s[column] is not None]
+        return statistics.mean(values) if values else math.nan
+    out = []
+    if "simclr" in rows:
+        knn, lin = mean("simclr", "kNN 100%"), mean("simclr", "linear 100%")
+        out.append(f"{'PASS' if knn >= 85 else 'FAIL'}  SimCLR kNN 100% = {knn:.1f} (goal >= 85)")
+        out.append(f"{'PASS' if lin >= 90 else 'FAIL'}  SimCLR linear 100% = {lin:.1f} (goal >= 90)")
+    for m in methods:
+        worse = [f"{c} {mean(m, c):.1f} vs {b} {mean(b, c):.1f}" for c, _, kind in COLUMNS if kind == "linear"
+                 for b in (NAMES["raw_pixels"], NAMES["random_init"]) if b in rows and not mean(m, c) > mean(b, c)]
+        out.append(f"{'PASS' if not worse else 'FAIL'}  {m} beats raw pixels and random init under linear at "
+                   f"every label share" + (f" ({'; '.join(worse)})" if worse else ""))
+    if NAMES["supervised"] in rows:
+        sup = mean(NAMES["supervised"], "fine-tune 1%")
+        for m in methods:
+            best = max(mean(m, "linear 1%"), mean(m, "fine-tune 1%"))
+            out.append(f"{'PASS' if best - sup >= 30 else 'FAIL'}  {m} with 1% of the labels: {best:.1f} (best of "
+                       f"linear and fine-tune) vs supervised from scratch {sup:.1f}: {best - sup:+.1f} (goal >= +30)")
+    return out
+
+
+def figure(rows: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shares = [c for c, _, kind in COLUMNS if kind == "linear"][::-1]       # 1%, 10%, 100%
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, per_seed in rows.items():
+        means = [statistics.mean([s[c] for s in per_seed]) for c in shares]
+        errs = [statistics.stdev([s[c] for s in per_seed]) if len(per_seed) > 1 else 0 for c in shares]
+        style = "--" if name in NAMES.values() else "-"
+        ax.errorbar([1, 10, 100], means, yerr=errs, marker="o", ls=style, capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xticks([1, 10, 100], ["1%", "10%", "100%"])
+    ax.set_xlabel("labels (logistic regression on frozen features)")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title("digits: linear accuracy by label share (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: small_images' own)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "method_quality")
+    args = ap.parse_args(argv)
+
+    import yaml
+
+    from clvr.cli import main as clvr_main
+    from clvr.methods.demo import DIGITS_RECIPE
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    if not (data / "manifest.json").is_file():
+        if clvr_main(["shard", "demo", "digits", str(data), "--overwrite", "--no-progress"]):
+            return 1
+    recipe = out / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(DIGITS_RECIPE, sort_keys=False))
+
+    rows: dict = {m: [] for m in args.methods}
+    rows.update({NAMES[b]: [] for b in BASELINES})
+    minutes: dict = {m: [] for m in args.methods}
+    runs: dict = {}
+    start = time.perf_counter()
+    for seed in args.seeds:
+        for i, method in enumerate(args.methods):
+            info = pretrain(method, seed, out, data, recipe, args.epochs)
+            runs[f"{method}-seed{seed}"] = info
+            results = evaluate(method, seed, out, data, BASELINES if i == 0 else [])
+            rows[method].append(scores(results, "learned"))
+            minutes[method].append(info["seconds"] / 60)
+            if i == 0:
+                for b in BASELINES:
+                    rows[NAMES[b]].append(scores(results, b))
+            log(f"{method}, seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[method][-1].items())
+                + f" ({info['seconds'] / 60:.1f} min, lowest feature spread {info['min_feature_spread']:.3f}); "
+                f"{(time.perf_counter() - start) / 60:.0f} min so far")
+
+    import torch
+    title = (f"digits (1,438 train / 359 val), ResNet-18 width 16 at 16 px, "
+             f"{runs[next(iter(runs))]['steps']} steps of batch 64 per method; top-1 %, mean ± std over seeds "
+             f"{', '.join(map(str, args.seeds))}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    text = table(rows, minutes, args.seeds)
+    verdicts = checks(rows, args.methods)
+    spread = ", ".join(f"{k} {v['min_feature_spread']:.3f}" for k, v in runs.items())
+    report = f"{title}\n\n{text}\n\n" + "\n".join(verdicts) + f"\n\nlowest feature spread of each run: {spread}\n"
+    print(report)
+    (out / "table.md").write_text(report)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "minutes": minutes, "runs": runs,
+                                                  "seeds": args.seeds, "checks": verdicts}, indent=1))
+    figure(rows, out / "method_quality.png")
+    log(f"wrote {out / 'table.md'}, results.json and method_quality.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
