@@ -65,7 +65,7 @@ def test_a_config_typo_names_the_nearest_key():
     ({"dim": 1.5}, "expected an integer"),
     ({"gather": "yes"}, "expected true/false"),
     ({"backbone": 18}, "expected a string"),
-    ({"temperature": 0.0}, "temperature must be positive"),
+    ({"temperature": 0.0}, r"temperature = 0.0 must be positive"),
     ({"backbone": "resnet5"}, "did you mean 'resnet50'"),
 ])
 def test_bad_values_are_errors(changes, message):
