@@ -7,6 +7,12 @@ batch as ``N * mean(exp(s / t))`` over the noise similarities of every process, 
 (it is a buffer: it is saved and restored with the model). After the loss the bank entries of the
 batch move towards the new features (``v <- norm(0.5 v + 0.5 f)``).
 
+``loss = "softmax"`` scores the same similarities with the non-parametric softmax the NCE
+approximates (the paper's eq. 2: cross-entropy of ``[s_pos, s_noise...] / t``, the positive
+first), for data sets small enough that m noise entries cover most of the bank: there NCE's
+fixed Z, estimated from a random bank on the first batch, is far from the true one, and on the
+1,438 digits InstDisc with NCE collapsed (``bench/method_quality.py``).
+
 Noise samples are drawn once per step and shared by the batch (``shared_negatives``, default):
 drawing per sample, as the original code does, scores B x m x D products and holds a B x m x D
 tensor (0.5 GB at batch 256, 4 GB for PIRL's 32000 negatives) for the same estimate in
@@ -25,7 +31,7 @@ from .encoder import Encoder
 from .errors import MethodError
 from .heads import linear_head
 from .logs import contrast_logs
-from .losses import nce, nce_log_z
+from .losses import info_nce_from_logits, nce, nce_log_z
 from .memory_bank import MemoryBank
 from .method import Method, MethodOutput
 from .registry import register_method
@@ -47,6 +53,8 @@ class MemoryBankMethod(Method):
             raise MethodError(f"method {cls.name!r}: negatives must be at least 1, got {config.negatives}")
         if not 0.0 <= config.bank_momentum < 1.0:
             raise MethodError(f"method {cls.name!r}: bank_momentum must be in [0, 1), got {config.bank_momentum}")
+        if config.loss not in ("nce", "softmax"):
+            raise MethodError(f"method {cls.name!r}: loss must be 'nce' or 'softmax', got {config.loss!r}")
 
     def noise(self, batch_size: int) -> torch.Tensor:
         """Bank entries of the noise samples: (m, D) shared by the batch or (B, m, D)."""
@@ -66,8 +74,16 @@ class MemoryBankMethod(Method):
             buffer.copy_(nce_log_z(all_gather_cat(negatives.detach()), self.config.temperature, self.num_samples))
         return buffer
 
-    def nce(self, positive, negatives, log_z) -> torch.Tensor:
-        return nce(positive, negatives, log_z, self.config.temperature, self.num_samples)
+    def contrast(self, positive: torch.Tensor, negatives: torch.Tensor, log_z_buffer: torch.Tensor) -> torch.Tensor:
+        """The loss of (B,) positive and (B, m) noise similarities: NCE with the fixed Z held in
+        ``log_z_buffer``, or the softmax over ``[positive, negatives]`` (``loss = "softmax"``)."""
+        c = self.config
+        if c.loss == "softmax":
+            logits = torch.cat([positive[:, None], negatives], 1)
+            if logits.dtype not in (torch.float32, torch.float64):
+                logits = logits.float()                     # bf16/fp16 similarities: the softmax in fp32
+            return info_nce_from_logits(logits / c.temperature)
+        return nce(positive, negatives, self.log_z(log_z_buffer, negatives), c.temperature, self.num_samples)
 
 
 @register_method("instdisc")
@@ -87,6 +103,7 @@ class InstDisc(MemoryBankMethod):
         temperature: float = 0.07
         bank_momentum: float = 0.5
         shared_negatives: bool = True
+        loss: str = "nce"             # nce (the paper's) | softmax (the exact form NCE approximates)
 
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
@@ -100,7 +117,7 @@ class InstDisc(MemoryBankMethod):
         f = self.online(x)
         positive = (f * self.bank.get(batch.index)).sum(1)
         negatives = self.similarities(f, self.noise(len(batch)))
-        loss = self.nce(positive, negatives, self.log_z(self.log_z_value, negatives))
+        loss = self.contrast(positive, negatives, self.log_z_value)
         self.bank.update(batch.index, f)
         logs = contrast_logs(torch.cat([positive[:, None], negatives], 1))
         return MethodOutput(loss, logs)

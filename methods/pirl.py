@@ -42,6 +42,7 @@ class PIRL(MemoryBankMethod):
         bank_momentum: float = 0.5
         shared_negatives: bool = True
         jigsaw_weight: float = 0.5      # lambda
+        loss: str = "nce"               # nce (the paper's) | softmax (see clvr.methods.instdisc)
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -76,8 +77,8 @@ class PIRL(MemoryBankMethod):
         noise = self.noise(b)
         pos_g, neg_g = (g * memory).sum(1), self.similarities(g, noise)
         pos_f, neg_f = (f * memory).sum(1), self.similarities(f, noise)
-        loss_jigsaw = self.nce(pos_g, neg_g, self.log_z(self.log_z_jigsaw, neg_g))
-        loss_image = self.nce(pos_f, neg_f, self.log_z(self.log_z_image, neg_f))
+        loss_jigsaw = self.contrast(pos_g, neg_g, self.log_z_jigsaw)
+        loss_image = self.contrast(pos_f, neg_f, self.log_z_image)
         loss = c.jigsaw_weight * loss_jigsaw + (1 - c.jigsaw_weight) * loss_image
         self.bank.update(batch.index, f)
         logs = contrast_logs(torch.cat([pos_g[:, None], neg_g], 1))

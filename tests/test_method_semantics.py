@@ -405,6 +405,36 @@ def test_instdisc_per_sample_negatives():
     assert close(out.loss, nce((f * bank0[index]).sum(1), neg, log_z, t, 64), 1e-12)
 
 
+def softmax_reference(pos, neg, t):
+    """-log(exp(pos / t) / (exp(pos / t) + sum_j exp(neg_j / t))), averaged, written out in float64."""
+    pos, neg = pos.double(), neg.double()
+    return (-(pos / t) + torch.log(torch.exp(pos / t) + torch.exp(neg / t).sum(1))).mean()
+
+
+def test_instdisc_softmax_loss_is_the_non_parametric_softmax_and_needs_no_z():
+    m = build("instdisc", **TINY_INSTDISC, num_samples=64, loss="softmax").train()
+    index = torch.tensor([3, 17, 40, 63])
+    batch = one_view(two_view_batch(b=4, index=index))
+    bank0 = m.bank.bank.clone()
+    f = m.online(batch.views[0])
+    torch.manual_seed(5)
+    out = m(batch)
+    torch.manual_seed(5)
+    neg = f @ bank0[torch.randint(64, (16,))].T
+    pos = (f * bank0[index]).sum(1)
+    t = m.config.temperature
+    assert close(out.loss, softmax_reference(pos, neg, t), 1e-12)
+    assert not close(out.loss, nce(pos, neg, nce_log_z(neg, t, 64), t, 64), 1e-3)
+    assert torch.isnan(m.log_z_value)                   # no Z is estimated or used
+    assert close(m.bank.bank[index], F.normalize(0.5 * bank0[index] + 0.5 * f, dim=1), 1e-12)
+
+
+def test_memory_bank_methods_refuse_an_unknown_loss_by_name():
+    for name, tiny in (("instdisc", TINY_INSTDISC), ("pirl", TINY_PIRL)):
+        with pytest.raises(MethodError, match="loss must be 'nce' or 'softmax', got 'infonce'"):
+            get_method(name)(**tiny, num_samples=8, loss="infonce")
+
+
 def test_instdisc_index_outside_the_bank_raises_index_error():
     m = build("instdisc", **TINY_INSTDISC, num_samples=8).train()
     for bad in ([0, 1, 2, 8], [0, -1, 2, 3]):
@@ -466,6 +496,25 @@ def test_pirl_loss_is_the_weighted_sum_of_its_two_nce_terms():
     assert close(m.bank.bank[batch.index], F.normalize(0.5 * memory + 0.5 * f, dim=1), 1e-12)
     assert not torch.isnan(m.log_z_image) and not torch.isnan(m.log_z_jigsaw)
     assert not close(m.log_z_image, m.log_z_jigsaw, 1e-6)   # one Z per term
+
+
+def test_pirl_softmax_loss_scores_both_branches_with_the_softmax():
+    batch = jigsaw_batch(b=4, index=[1, 5, 9, 30])
+    m = build("pirl", **TINY_PIRL, num_samples=32, loss="softmax").train()
+    image, patches = batch.views
+    bank0 = m.bank.bank.clone()
+    f = F.normalize(m.image_head(m.backbone(image)), dim=1)
+    g = F.normalize(m.jigsaw_head(m.patch_head(m.backbone(patches.flatten(0, 1))).reshape(4, 9 * 8)), dim=1)
+    torch.manual_seed(3)
+    out = m(batch)
+    torch.manual_seed(3)
+    noise = bank0[torch.randint(32, (16,))]
+    memory, t = bank0[batch.index], m.config.temperature
+    lj = softmax_reference((g * memory).sum(1), g @ noise.T, t)
+    li = softmax_reference((f * memory).sum(1), f @ noise.T, t)
+    assert close(out.logs["loss_jigsaw"], lj, 1e-12) and close(out.logs["loss_image"], li, 1e-12)
+    assert close(out.loss, 0.5 * lj + 0.5 * li, 1e-12)
+    assert torch.isnan(m.log_z_image) and torch.isnan(m.log_z_jigsaw)
 
 
 def test_pirl_needs_nine_patches():
