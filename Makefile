@@ -6,7 +6,7 @@
 #   make test   -- install, then run the test suite (what CI runs)
 #   make bench  -- install, then run the benchmarks in bench/
 #   make bench-quality -- install, then bench/method_quality.py: every method on the digits, 3 seeds,
-#                  against raw pixels, random init and supervised (about 75 min on 2 cores)
+#                  against raw pixels, random init and supervised (about 70 min on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

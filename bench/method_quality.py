@@ -4,13 +4,15 @@ init and supervised training from scratch, over several seeds?
 For each method (InstDisc, PIRL, CPC v2, MoCo v2, SimCLR, BYOL by default) and each seed, the
 script pre-trains with the same budget (the small-image settings of
 :mod:`clvr.methods.small_images`: the same ResNet-18 of width 16 at 16 px, the same optimiser,
-schedule, batch and epochs; the view is the digits demo's) on the 1,438 training digits, then
+schedule and batch, 60 epochs; 30 for PIRL and CPC, whose step encodes nine or ten patches of
+each image, four times the work of a two-view step; the view is the digits demo's) on the 1,438
+training digits, then
 runs ``clvr eval`` (knn, linear, semi) on the 359 val digits:
 
 * kNN (k = 20, t = 0.07) with all the labels;
 * logistic regression on frozen features with 100%, 10% and 1% of the labels (the class-balanced
   subsets of ``clvr eval``);
-* the whole network fine-tuned on 10% and 1% of the labels.
+* the whole network fine-tuned on 10% and 1% of the labels (crops and no flips, as the demo's).
 
 The baselines are scored once per seed under the same protocols (their random weights and
 supervised training are seeded with it): ``raw pixels`` (the eval view's pixels), ``random
@@ -23,7 +25,7 @@ each label share is written beside it. Every run is kept in OUT (default
 ``bench/out/method_quality``), so an interrupted benchmark continues where it stopped.
 
 Usage:
-    python bench/method_quality.py                            # 6 methods x 3 seeds (about 75 min on 2 cores)
+    python bench/method_quality.py                            # 6 methods x 3 seeds (about 70 min on 2 cores)
     python bench/method_quality.py --methods simclr --seeds 0 1 2
     python bench/method_quality.py --epochs 2 --methods simclr byol --seeds 0   # a quick look
 """
@@ -112,7 +114,10 @@ def evaluate(method: str, seed: int, out: Path, data: Path, baselines: list[str]
     report = out / "eval" / f"{method}-seed{seed}"
     if (report / "done.json").is_file():
         return json.loads((report / "results.json").read_text())
+    from clvr.methods.demo import DEMOS
+    demo = DEMOS["digits"]["eval"]           # fine-tuning and supervised training as the demo's
     config = eval_config.build(overrides={"knn_k": [20], "fractions": [0.01, 0.1], "seed": seed,
+                                          "finetune": demo["finetune"], "supervised": demo["supervised"],
                                           "baselines": baselines, "plots": False, "progress": False})
     ev = Evaluation(out / "runs" / f"{method}-seed{seed}", data / "train", data / "val", report, config)
     results = ev.run(["knn", "linear", "semi"])
@@ -139,8 +144,13 @@ def table(rows: dict, minutes: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def checks(rows: dict, methods: list[str]) -> list[str]:
-    """Issue 12's figures, each PASS or FAIL with the measured values (means over the seeds)."""
+def checks(rows: dict, methods: list[str], minutes: dict | None = None) -> list[str]:
+    """Issue 12's figures, each PASS or FAIL with the measured values (means over the seeds).
+
+    The figures are about SimCLR, the demo's method: kNN and linear at 100% labels, pre-training
+    time, and the 1%-label margin over supervised from scratch. Every method must beat raw pixels
+    and random init under linear evaluation. The other methods' 1%-label margins are printed as
+    ``NOTE`` lines, so a reader sees how far each is from SimCLR's, without a goal of their own."""
     def mean(name, column):
         values = [s[column] for s in rows[name] if s[column] is not None]
         return statistics.mean(values) if values else math.nan
@@ -149,6 +159,10 @@ def checks(rows: dict, methods: list[str]) -> list[str]:
         knn, lin = mean("simclr", "kNN 100%"), mean("simclr", "linear 100%")
         out.append(f"{'PASS' if knn >= 85 else 'FAIL'}  SimCLR kNN 100% = {knn:.1f} (goal >= 85)")
         out.append(f"{'PASS' if lin >= 90 else 'FAIL'}  SimCLR linear 100% = {lin:.1f} (goal >= 90)")
+        if minutes and minutes.get("simclr"):
+            slowest = max(minutes["simclr"])
+            out.append(f"{'PASS' if slowest <= 5 else 'FAIL'}  SimCLR pre-training, slowest seed = "
+                       f"{slowest:.1f} min (goal <= 5)")
     for m in methods:
         worse = [f"{c} {mean(m, c):.1f} vs {b} {mean(b, c):.1f}" for c, _, kind in COLUMNS if kind == "linear"
                  for b in (NAMES["raw_pixels"], NAMES["random_init"]) if b in rows and not mean(m, c) > mean(b, c)]
@@ -158,8 +172,10 @@ def checks(rows: dict, methods: list[str]) -> list[str]:
         sup = mean(NAMES["supervised"], "fine-tune 1%")
         for m in methods:
             best = max(mean(m, "linear 1%"), mean(m, "fine-tune 1%"))
-            out.append(f"{'PASS' if best - sup >= 30 else 'FAIL'}  {m} with 1% of the labels: {best:.1f} (best of "
-                       f"linear and fine-tune) vs supervised from scratch {sup:.1f}: {best - sup:+.1f} (goal >= +30)")
+            verdict = ('PASS' if best - sup >= 30 else 'FAIL') if m == "simclr" else "NOTE"
+            out.append(f"{verdict}  {m} with 1% of the labels: {best:.1f} (best of "
+                       f"linear and fine-tune) vs supervised from scratch {sup:.1f}: {best - sup:+.1f} "
+                       + ("(goal >= +30)" if m == "simclr" else "(SimCLR's goal is +30)"))
     return out
 
 
@@ -227,11 +243,12 @@ def main(argv=None) -> int:
                 f"{(time.perf_counter() - start) / 60:.0f} min so far")
 
     import torch
-    title = (f"digits (1,438 train / 359 val), ResNet-18 width 16 at 16 px, "
-             f"{runs[next(iter(runs))]['steps']} steps of batch 64 per method; top-1 %, mean ± std over seeds "
-             f"{', '.join(map(str, args.seeds))}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    steps = ", ".join(f"{m} {runs[f'{m}-seed{args.seeds[0]}']['steps']}" for m in args.methods)
+    title = (f"digits (1,438 train / 359 val), ResNet-18 width 16 at 16 px, batch 64, pre-training steps: "
+             f"{steps}; top-1 %, mean ± std over seeds {', '.join(map(str, args.seeds))}; "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     text = table(rows, minutes, args.seeds)
-    verdicts = checks(rows, args.methods)
+    verdicts = checks(rows, args.methods, minutes)
     spread = ", ".join(f"{k} {v['min_feature_spread']:.3f}" for k, v in runs.items())
     report = f"{title}\n\n{text}\n\n" + "\n".join(verdicts) + f"\n\nlowest feature spread of each run: {spread}\n"
     print(report)
