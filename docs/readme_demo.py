@@ -7,6 +7,12 @@ copies the demo's ``eval/results.json`` to ``docs/demo-results.json`` (kept with
 README's table can be checked against it by the tests) and replaces the block between the
 README's ``<!-- demo output -->`` and ``<!-- /demo output -->`` markers with the demo's
 ``summary.txt``: the table it printed and its timings.
+
+    make bench-quality                          # writes bench/out/method_quality/table.md
+    python docs/readme_demo.py --quality bench/out/method_quality
+
+also replaces the block between ``<!-- method quality -->`` and ``<!-- /method quality -->``
+with the benchmark's ``table.md`` (its table, the checks of issue 12 and the feature spreads).
 """
 
 from __future__ import annotations
@@ -19,28 +25,47 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- demo output -->", "<!-- /demo output -->"
+QUALITY_BEGIN, QUALITY_END = "<!-- method quality -->", "<!-- /method quality -->"
 
 
 def block(summary: str) -> str:
     return f"{BEGIN}\n```\n$ make demo\n...\n{summary.rstrip()}\n```\n{END}"
 
 
-def update(readme: str, summary: str) -> str:
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+def quality_block(table_md: str) -> str:
+    """The benchmark's title line, then its markdown table as a table, then the checks verbatim."""
+    title, table, rest = table_md.strip().split("\n\n", 2)
+    return (f"{QUALITY_BEGIN}\n`$ make bench-quality`: {title}\n\n{table}\n\n```\n{rest.strip()}\n```\n"
+            f"{QUALITY_END}")
+
+
+def replace(readme: str, begin: str, end: str, text: str) -> str:
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pattern.search(readme):
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
-    return pattern.sub(lambda _: block(summary), readme)
+        raise SystemExit(f"README.md has no {begin} ... {end} block")
+    return pattern.sub(lambda _: text, readme)
+
+
+def update(readme: str, summary: str) -> str:
+    return replace(readme, BEGIN, END, block(summary))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("demo", type=Path, help="the demo's --out directory (default runs/demo-digits)",
                    nargs="?", default=Path("runs/demo-digits"))
+    p.add_argument("--quality", type=Path, default=None,
+                   help="also paste this bench/method_quality.py --out directory's table.md")
     args = p.parse_args()
+    readme = ROOT / "README.md"
+    if args.quality:
+        text = replace(readme.read_text(), QUALITY_BEGIN, QUALITY_END,
+                       quality_block((args.quality / "table.md").read_text()))
+        readme.write_text(text)
+        print(f"README.md: method-quality table updated from {args.quality / 'table.md'}")
     summary = (args.demo / "summary.txt").read_text()
     results = json.loads((args.demo / "eval" / "results.json").read_text())
     shutil.copyfile(args.demo / "eval" / "results.json", ROOT / "docs" / "demo-results.json")
-    readme = ROOT / "README.md"
     readme.write_text(update(readme.read_text(), summary))
     print(f"README.md: demo table of {results['encoder']['method']} updated from {args.demo / 'summary.txt'}")
 
