@@ -26,7 +26,7 @@ from typing import Callable
 
 from .errors import Reject, ShardError, StrictReject
 from .fileio import read_bytes
-from .format import (CLS_EXT, FORMAT_NAME, FORMAT_VERSION, INDEX_EXT, LABEL_EXT, META_EXT, UNLABELLED,
+from .format import (CLS_EXT, IMAGE_EXTS, FORMAT_NAME, FORMAT_VERSION, INDEX_EXT, LABEL_EXT, META_EXT, UNLABELLED,
                      encode_int64, encode_json, ordered_components, sample_key)
 from .lock import OutputLock
 from .manifest import MANIFEST_NAME, plain_name, write_json_atomic
@@ -34,6 +34,7 @@ from .parallel import WorkerDied, ordered_map
 from .progress import Progress
 from .rejects import REJECTS_NAME, RejectLog
 from .shard_writer import TMP_SUFFIX, ShardWriter
+from .sizes import bucket as size_bucket
 
 JOURNAL_NAME = ".clvr-progress.json"
 
@@ -407,6 +408,8 @@ def _run_split(cfg: JobConfig, split: Split, prepare, out: Path, journal: dict, 
             pending_components.update(ext for ext, _ in ordered)
             pending_labels[str(item.label)] += 1
             pending_stats.update(res.stats)
+            if "width" in meta and "height" in meta and any(ext in IMAGE_EXTS for ext, _ in ordered):
+                pending_stats[size_bucket(meta["width"], meta["height"])] += 1
             inputs.update(token)
             next_index += 1
             consumed += 1
