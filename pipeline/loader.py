@@ -173,6 +173,10 @@ class ViewLoader:
                            fused=fused_views.usable(self.device, photometric, cpu_views, recipes),
                            threads=self.num_threads)
         self.fields = reader_mod.fields_for(self.shards, set(self.generator.needs))
+        self._by_order = reader_mod.index_from_order(self.shards)
+        if self._by_order and self.shards.remote:
+            raise PipelineError(f"{self.shards.spec}: shards indexed by clvr shard index are read from local "
+                                "paths (their global index comes from DALI's source info)")
         if "video" in self.generator.needs:
             check_video_codecs(self.shards, self.device)
         self.skipped: list[dict] = []       # {"shard", "key", "reason"} of every skipped sample
@@ -196,17 +200,34 @@ class ViewLoader:
         ``samples=``). Shards left with no sample are dropped from ``self.shards`` (DALI rejects
         an index file without samples); ``first``: check that ``samples=`` names only samples
         of the set (once: later calls may have dropped shards of skipped samples)."""
-        need_exts = [reader_mod.FIELDS[f][0].split(";") for f in self.fields]
+        need_exts = [reader_mod.FIELDS[f][0].split(";") for f in self.fields
+                     if not (f == "index" and self._by_order)]
+        if self._by_order and first:
+            self._order_index = {}       # (tar, key) -> global index, from the manifest's order
         selection = self.selection
         shards, out = [], []
         kept = 0
         found: set[int] = set()
         for shard in self.shards.shards:
             entries = read_index(shard.index, shard.tar)
+            if self._by_order and first:
+                if shard.first_index is None:
+                    raise PipelineError(f"{shard.tar}: its manifest gives no first_index, which the samples' "
+                                        "global index is counted from")
+                real = os.path.realpath(shard.tar)
+                for position, e in enumerate(entries):
+                    self._order_index[(real, e.key)] = shard.first_index + position
             bad = []
             unselected = set()
+            real = os.path.realpath(shard.tar)
             for e in entries:
-                if selection is not None:
+                if selection is not None and self._by_order:
+                    gi = self._order_index[(real, e.key)]
+                    if gi not in selection:
+                        unselected.add(e.key)
+                        continue
+                    found.add(gi)
+                elif selection is not None:
                     if not (e.key.isascii() and e.key.isdigit()):
                         raise PipelineError(
                             f"{shard.tar}: key {e.key!r} is not a global sample index; samples= needs "
@@ -297,13 +318,14 @@ class ViewLoader:
             views = list(out["views"])
             extras = dict(out.get("extras") or {})
             host = dict(out.get("host") or {})     # inputs of the generator's host stage
-            names = ["index"] + [f for f in ("label", "boxes", "box_classes", "text", "valid") if f in raw]
+            names = ["index"] + [f for f in ("label", "label_cls", "boxes", "box_classes", "text", "valid") if f in raw]
             names += [f"view:{i}" for i in range(len(views))] + [f"extra:{k}" for k in extras]
             names += [f"host:{k}" for k in host]
             self._output_names = names
             nodes = [raw["index"]] + [raw["label"] if f == "label" else
                                       sample.boxes if f == "boxes" else raw[f]
-                                      for f in ("label", "boxes", "box_classes", "text", "valid") if f in raw]
+                                      for f in ("label", "label_cls", "boxes", "box_classes", "text", "valid")
+                                      if f in raw]
             return tuple(nodes + views + list(extras.values()) + list(host.values()))
 
         device_id = self.local_rank if self.device == "gpu" else None
@@ -451,10 +473,16 @@ class ViewLoader:
         self._seed_host_draws(epoch, step)
         named = dict(zip(self._output_names, outs))
         dev = self.torch_device
-        index = _dense(named["index"], dev).reshape(-1)
+        if self._by_order:
+            index = self._indices_by_order(named["index"]).to(dev)
+        else:
+            index = _dense(named["index"], dev).reshape(-1)
         n = index.shape[0]
-        label = _dense(named["label"], dev).reshape(-1) if "label" in named else \
-            torch.full((n,), -1, dtype=torch.int64, device=dev)
+        if "label_cls" in named:
+            label = self._labels_from_cls(named["label_cls"], named["index"]).to(dev)
+        else:
+            label = _dense(named["label"], dev).reshape(-1) if "label" in named else \
+                torch.full((n,), -1, dtype=torch.int64, device=dev)
         valid = torch.arange(first, first + n) < self.part_size
         if "valid" in named:                # remote: skipped samples leave padding slots too
             valid &= torch.from_numpy(np.asarray(named["valid"].as_tensor()).reshape(-1) != 0)
@@ -474,6 +502,37 @@ class ViewLoader:
             batch.text = [bytes(np.asarray(named["text"][i])).decode("utf-8", "replace")
                           for i in range(len(named["text"]))]
         return batch
+
+    def _source(self, info_tl, i: int) -> tuple[str, str]:
+        """(tar, key) of sample ``i`` of a batch, from DALI's "tar:offset:member" source info."""
+        text = bytes(np.asarray(info_tl[i])).decode("utf-8", "surrogateescape")
+        tar, _, member = text.rsplit(":", 2)
+        return os.path.realpath(tar), member.rsplit("/", 1)[-1].split(".", 1)[0]
+
+    def _indices_by_order(self, info_tl) -> torch.Tensor:
+        """The global index of each sample of a ``clvr shard index`` set: its position in the
+        manifest's order, looked up by tar and key."""
+        out = []
+        for i in range(len(info_tl)):
+            where = self._source(info_tl, i)
+            if where not in self._order_index:
+                raise PipelineError(f"{where[0]}: key {where[1]} is not in the shard set's index files")
+            out.append(self._order_index[where])
+        return torch.tensor(out, dtype=torch.int64)
+
+    def _labels_from_cls(self, cls_tl, info_tl) -> torch.Tensor:
+        """Class ids from ASCII ``.cls`` members, mapped through the manifest's class names."""
+        ids = (self.shards.manifest or {}).get("classes", {}).get("ids", {})
+        out = []
+        for i in range(len(cls_tl)):
+            text = bytes(np.asarray(cls_tl[i])).decode("ascii", "replace").strip()
+            try:
+                out.append(int(ids[str(int(text))]))
+            except (ValueError, KeyError):
+                tar, key = self._source(info_tl, i) if self._by_order else (self.shards.spec, "?")
+                raise PipelineError(f"{tar}: key {key}: .cls = {text[:20]!r} is not one of the manifest's "
+                                    f"classes ({', '.join(list(ids)[:10])})") from None
+        return torch.tensor(out, dtype=torch.int64)
 
     # -- state --------------------------------------------------------------------------------
 

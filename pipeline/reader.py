@@ -34,7 +34,8 @@ READER_NAME = "Reader"
 FIELDS = {
     "index": (F.INDEX_EXT, types.INT64),
     "label": (F.LABEL_EXT, types.INT64),
-    "image": (";".join(F.IMAGE_EXTS), types.UINT8),
+    "label_cls": (F.CLS_EXT, types.UINT8),          # foreign sets: the class id as ASCII decimal
+    "image": (";".join((*F.IMAGE_EXTS, "jpeg")), types.UINT8),
     "video": (";".join(F.VIDEO_EXTS), types.UINT8),
     "boxes": (F.BOXES_EXT, types.FLOAT),
     "box_classes": (F.BOXCLS_EXT, types.INT64),
@@ -65,14 +66,23 @@ def has_field(shards: ShardSet, field: str) -> bool:
     return any(e in shards.components for e in exts)
 
 
+def index_from_order(shards: ShardSet) -> bool:
+    """A set indexed by ``clvr shard index``: no ``index.i64``, the global index is the sample's
+    position in the manifest's order (found from DALI's source info of each sample)."""
+    return not has_field(shards, "index") and (shards.manifest or {}).get("index_from") == "order"
+
+
 def fields_for(shards: ShardSet, needs: set[str]) -> list[str]:
     """The reader fields to request: always the index; the label when present; plus ``needs``."""
-    if not has_field(shards, "index"):
+    if not has_field(shards, "index") and not index_from_order(shards):
         raise PipelineError(f"{shards.spec}: the samples have no {F.INDEX_EXT} component; clvr needs "
-                            "the global sample index (re-shard with 'clvr shard')")
+                            "the global sample index: run 'clvr shard index' on WebDataset tars written by "
+                            "other tools, or re-shard with 'clvr shard'")
     fields = ["index"]
     if has_field(shards, "label"):
         fields.append("label")
+    elif (shards.manifest or {}).get("label_source") == F.CLS_EXT and shards.classes:
+        fields.append("label_cls")
     for need in sorted(needs):
         if need not in NEEDS:
             raise PipelineError(f"unknown input {need!r}; a view generator may need: {', '.join(NEEDS)}")
@@ -104,15 +114,21 @@ def read(shards: ShardSet, fields: list[str], opts: ReadOptions, index_files: li
                       shuffle_after_epoch=True, shuffle_after_epoch_seed=opts.seed)
     else:
         kwargs.update(random_shuffle=False, stick_to_shard=True)
+    by_order = fields[0] == "index" and index_from_order(shards)
+    read_fields = fields[1:] if by_order else fields
     outs = fn.readers.webdataset(
         paths=tars, index_paths=idxs,
-        ext=[FIELDS[f][0] for f in fields], dtypes=[FIELDS[f][1] for f in fields],
+        ext=[FIELDS[f][0] for f in read_fields], dtypes=[FIELDS[f][1] for f in read_fields],
         shard_id=opts.rank, num_shards=opts.world_size,
         seed=(opts.seed * 7919 + opts.rank + 1) % (2 ** 31),
         pad_last_batch=True, missing_component_behavior=opts.on_missing, name=READER_NAME, **kwargs)
     if not isinstance(outs, (list, tuple)):
         outs = [outs]
-    return dict(zip(fields, outs))
+    out = dict(zip(read_fields, outs))
+    if by_order:
+        # "tar:offset:member" of each sample, as bytes: the loader turns it into the index
+        out["index"] = fn.get_property(outs[-1], key="source_info")
+    return out
 
 
 def part_sizes(num_samples: int, world_size: int) -> list[int]:

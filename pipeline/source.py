@@ -140,8 +140,20 @@ def _from_manifest(path: Path, split: str | None) -> ShardSet:
     problems = structure_problems(manifest, str(directory / MANIFEST_NAME))
     if problems:
         raise PipelineError("; ".join(problems))
-    shards = [Shard(str(directory / s["name"]), str(directory / s["index"]), s["samples"], s["first_index"])
+    tar_dir = manifest.get("tar_dir", ".")
+    if not isinstance(tar_dir, str) or not tar_dir:
+        raise PipelineError(f"{directory / MANIFEST_NAME}: tar_dir = {tar_dir!r} must name the tars' folder")
+    tars = directory / tar_dir       # clvr shard index --out DIR: the tars stay where they are
+    shards = [Shard(str(tars / s["name"]), str(directory / s["index"]), s["samples"], s["first_index"])
               for s in manifest["shards"]]
+    for s, entry in zip(shards, manifest["shards"]):
+        if not Path(s.tar).is_file():
+            raise PipelineError(f"{s.tar}: no such shard (listed in {directory / MANIFEST_NAME})")
+        # (a shorter tar is named with the first key cut off by read_index: "truncated")
+        if os.path.getsize(s.tar) > entry["bytes"]:
+            raise PipelineError(f"{s.tar}: {os.path.getsize(s.tar):,} bytes, but {directory / MANIFEST_NAME} "
+                                f"lists {entry['bytes']:,}: the tar changed after it was indexed, so its index "
+                                f"file {s.index} does not match it (re-run clvr shard index, or re-shard)")
     if not shards:
         raise PipelineError(f"{directory / MANIFEST_NAME}: the shard set has no shards (0 samples)")
     return ShardSet(spec=str(path), shards=shards, components=set(manifest.get("components") or {}),
@@ -261,4 +273,28 @@ def read_index(index_path: str, tar_path: str | None = None) -> list[IndexedSamp
                 raise PipelineError(f"{tar_path}: truncated: key {key} ({name}) ends at byte "
                                     f"{off + length} but the shard has {size} bytes")
         out.append(IndexedSample(key or "", comps))
+    if tar_path and out:
+        _check_members(index_path, tar_path, body, out)
     return out
+
+
+def _check_members(index_path: str, tar_path: str, body: list[str], samples: list[IndexedSample]) -> None:
+    """The index lists member names; the tar header just before the first and last samples'
+    data must carry them, or the index was made for another tar."""
+    import tarfile
+    with open(tar_path, "rb") as f:
+        for line, sample in ((body[0], samples[0]), (body[-1], samples[-1])):
+            fields = line.split()
+            off, name = int(fields[1]), fields[3]
+            if off < 512:
+                raise PipelineError(f"{index_path}: does not match {tar_path}: {name} at byte {off} has no header")
+            f.seek(off - 512)
+            try:
+                header = tarfile.TarInfo.frombuf(f.read(512), "utf-8", "surrogateescape")
+                found = header.name
+            except tarfile.TarError:
+                found = None
+            if found != name and not (found and (name.endswith(found) or name.startswith(found))):
+                raise PipelineError(f"{index_path}: does not match {tar_path}: the index puts key "
+                                    f"{sample.key} ({name}) at byte {off}, but the tar has "
+                                    f"{found or 'no member header'} there (re-run clvr shard index, or re-shard)")

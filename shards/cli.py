@@ -155,6 +155,17 @@ def build_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_preview)
 
+    p = kinds.add_parser("index", help="index WebDataset tars written by other tools (no rewrite)",
+                         description="Write DALI index files and a manifest for WebDataset tars that clvr did "
+                                     "not write (img2dataset, webdataset.ShardWriter: KEY.jpg + KEY.cls/.txt), "
+                                     "without rewriting them. Samples without an image are left out and counted; "
+                                     "unknown extensions are reported.")
+    p.add_argument("src", nargs="+", type=Path, metavar="SRC", help="a folder of .tar files, or the tars")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="write the index files and manifest here (default: beside the tars)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(run=cmd_index)
+
     p = kinds.add_parser("info", help="a readable summary of a shard set")
     p.add_argument("out", type=Path)
     p.set_defaults(run=cmd_info)
@@ -337,6 +348,13 @@ def cmd_info(args) -> int:
     from .info import describe
 
     print(describe(args.out))
+    return 0
+
+
+def cmd_index(args) -> int:
+    from .foreign import index_foreign
+    result = index_foreign(args.src if len(args.src) > 1 else args.src[0], args.out, progress=args.progress)
+    print(result.summary())
     return 0
 
 
