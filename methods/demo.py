@@ -181,7 +181,9 @@ def run_demo(name: str = "digits", method: str | None = None, out=None, epochs: 
     from .trainer import Trainer
     t = time.perf_counter()
     trainer = Trainer(config, data / "train", run, resume="auto" if (run / "checkpoints").is_dir() else None,
-                      val=data / "val")
+                      val=data / "val",
+                      settings=f"the {name} demo's (methods/demo.py" +
+                               (", with clvr.methods.small_images)" if demo.get("small_images") else ")"))
     if trainer.step >= trainer.total_steps:
         _log(f"2/3 pre-training: {run} is finished ({trainer.step} steps); reusing it")
     else:

@@ -88,3 +88,13 @@ def train_settings(method: str) -> dict:
     out = _merge(out, METHODS.get(cls.name, {}))
     out["model"] = {k: v for k, v in out["model"].items() if k in fields}
     return out
+
+
+#: the view recipe for small images without a recipe of their own: SimCLR's CIFAR recipe
+#: (colour distortion at half strength, no blur: a blurred 32-px image loses its content)
+SMALL_RECIPE = "simclr-cifar"
+
+
+def recipe_settings(side: int) -> dict:
+    """``data`` overrides giving small images the CIFAR recipe at ``side`` px."""
+    return {"data": {"recipe": SMALL_RECIPE, "size": int(side)}}

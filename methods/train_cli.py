@@ -51,7 +51,7 @@ def _train(args) -> int:
     from . import train_config as cfg
     from .errors import MethodError
     try:
-        config = cfg.build(args.method, args.config, args.sets)
+        config, settings = cfg.build_for_data(args.method, args.config, args.sets, args.data)
     except MethodError as e:
         print(f"clvr train: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -63,7 +63,7 @@ def _train(args) -> int:
     from .checkpoint import CheckpointError
     from .trainer import Trainer, TrainingError
     try:
-        trainer = Trainer(config, args.data, args.out, resume=args.resume, val=args.val)
+        trainer = Trainer(config, args.data, args.out, resume=args.resume, val=args.val, settings=settings)
         summary = trainer.run()
     except (MethodError, PipelineError, CheckpointError) as e:
         print(f"clvr train: {e}", file=sys.stderr)

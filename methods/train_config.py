@@ -37,6 +37,7 @@ class DataConfig:
     recipe: str = ""                 # "": the method's preset (a name or a YAML file)
     device: str = "auto"             # where DALI decodes and augments: auto | cpu | gpu
     photometric: str = "dali"        # dali | kornia
+    size: int = 0                    # the views' side in px; 0: the recipe's
     threads: int = 0                 # DALI threads per process; 0: the loader's default
     shuffle_buffer: int = 1024
     on_error: str = "raise"          # raise | skip (bad samples are skipped and counted)
@@ -66,6 +67,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     method: str = "simclr"
+    preset: str = "auto"             # auto (small-image settings for small images) | paper | small
     model: dict = field(default_factory=dict)          # the method's Config overrides
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -88,13 +90,14 @@ class TrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.07
     tensorboard: bool = True         # also log to OUT/tensorboard when tensorboard is installed
+    slow_epoch_hours: float = 1.0    # warn before the first step when an epoch would take longer; 0: never
 
 
 CHOICES = {
     "data.device": ("auto", "cpu", "gpu"), "data.photometric": ("dali", "kornia"),
     "data.on_error": ("raise", "skip"), "optim.name": ("sgd", "adamw", "lars"),
     "optim.lr_scaling": ("linear", "sqrt", "none"), "schedule.kind": ("cosine", "step", "constant"),
-    "precision": ("no", "bf16", "fp16"), "on_nonfinite": ("stop", "skip"), "on_collapse": ("warn", "stop"),
+    "precision": ("no", "bf16", "fp16"), "preset": ("auto", "paper", "small"), "on_nonfinite": ("stop", "skip"), "on_collapse": ("warn", "stop"),
 }
 
 
@@ -117,7 +120,7 @@ def check(config: TrainConfig) -> TrainConfig:
     if config.knn_k < 1 or config.knn_temperature <= 0:
         raise ConfigError(f"config knn_k = {config.knn_k} must be at least 1 and knn_temperature "
                           f"= {config.knn_temperature} positive")
-    for key in ("max_steps", "checkpoint_every", "data.threads", "knn_every"):
+    for key in ("max_steps", "checkpoint_every", "data.threads", "knn_every", "data.size", "slow_epoch_hours"):
         if _get(config, key) < 0:
             raise ConfigError(f"config {key} = {_get(config, key)} must not be negative")
     if not config.collapse_threshold >= 0:
@@ -194,9 +197,10 @@ def _merge(base: dict, changes: dict) -> dict:
 
 
 def build(method: str | None = None, config_file=None, sets: list[str] | None = None,
-          overrides: dict | None = None) -> TrainConfig:
-    """The resolved configuration: defaults, then the method's paper settings, then the YAML
-    file, then ``--set`` items, then ``overrides`` (a dict, for code)."""
+          overrides: dict | None = None, base: dict | None = None) -> TrainConfig:
+    """The resolved configuration: defaults, then the method's paper settings, then ``base``
+    (the small-image settings, when :func:`build_for_data` chose them), then the YAML file, then
+    ``--set`` items, then ``overrides`` (a dict, for code)."""
     from .registry import get_method
     layers = []
     if config_file:
@@ -211,6 +215,8 @@ def build(method: str | None = None, config_file=None, sets: list[str] | None = 
     name = name or TrainConfig.method
     cls = get_method(name)
     changes = _merge(method_defaults(cls), {"method": name})
+    if base:
+        changes = _merge(changes, base)
     for data, _ in layers:
         changes = _merge(changes, data)
     if method:
@@ -237,3 +243,59 @@ def write_yaml(config: TrainConfig, path) -> None:
     from ..shards.fileio import write_atomic
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     write_atomic(Path(path), text.encode())
+
+
+def data_sizes(data):
+    """(the :class:`~clvr.shards.sizes.SizeSummary` of a local shard set, where it was read) or
+    (None, why not) for URLs, tar lists without a manifest, or sets that cannot be read."""
+    from ..shards.errors import ShardError
+    from ..shards.manifest import MANIFEST_NAME, shard_sets
+    from ..shards.sizes import summary
+    text = str(data)
+    path = Path(text)
+    if "://" in text or text.startswith(("pipe:", "file:")) or not (path.is_dir() or path.name == MANIFEST_NAME):
+        return None, f"no manifest to read image sizes from ({text})"
+    try:
+        sets = shard_sets(path)
+    except ShardError as e:
+        return None, str(e)
+    if len(sets) != 1:
+        return None, f"{text} holds several splits"
+    directory, manifest = next(iter(sets.values()))
+    found = summary(manifest, directory)
+    if found is None:
+        return None, f"{directory / MANIFEST_NAME} has no image sizes (stats image_side:*) and no image was measured"
+    return found, str(directory / MANIFEST_NAME)
+
+
+def small_view_side(sizes) -> int:
+    """The views' side for small images: the median image's bucket, within 16 to 64 px."""
+    return int(min(64, max(16, sizes.median_side)))
+
+
+def build_for_data(method: str | None, config_file, sets, data, overrides: dict | None = None):
+    """:func:`build`, with ``preset`` resolved against the data: ``auto`` takes the small-image
+    settings (:mod:`.small_images`, recipe ``simclr-cifar`` at the images' size) when at least
+    90% of the images' longest sides are at most 64 px (the manifest's ``stats``), the paper's
+    settings otherwise. Returns (config, the plan's line saying what was chosen and why)."""
+    config = build(method, config_file, sets, overrides)
+    if config.preset == "paper":
+        return config, "the paper's settings (preset = paper)"
+    sizes, where = data_sizes(data)
+    if config.preset == "auto":
+        if sizes is None:
+            return config, f"the paper's settings ({where}; --set preset=small for small images)"
+        if sizes.mixed:
+            return config, (f"the paper's settings: WARNING: the images mix small and large sizes "
+                            f"({sizes.describe()}, {where}); resize them to one scale, or choose with "
+                            f"--set preset=small or preset=paper")
+        if not sizes.small:
+            return config, f"the paper's settings (the images are large: {sizes.describe()})"
+    from .small_images import recipe_settings, train_settings
+    side = small_view_side(sizes) if sizes is not None else 32
+    base = _merge(train_settings(config.method), recipe_settings(side))
+    config = build(method, config_file, sets, overrides, base=base)
+    why = (f"the images are small ({sizes.describe()})" if sizes is not None and config.preset == "auto"
+           else "preset = small")
+    return config, (f"small-image settings (clvr.methods.small_images, {side} px views): {why}; "
+                    "--set preset=paper for the paper's")

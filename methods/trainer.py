@@ -64,13 +64,15 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class Trainer:
     """Build everything for a run from its configuration; :meth:`run` trains."""
 
-    def __init__(self, config: cfg.TrainConfig, data, out, resume: str | None = None, val=None):
+    def __init__(self, config: cfg.TrainConfig, data, out, resume: str | None = None, val=None,
+                 settings: str = "as configured"):
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         from ..pipeline import ViewLoader
         from .registry import get_method
 
         self.config, self.out = config, Path(out)
+        self.settings = settings              # how the settings were chosen, for the plan
         self.data_specs = {"data": str(data), "val": None if val is None else str(val)}
         self.method_cls = get_method(config.method)
         cls = self.method_cls
@@ -97,7 +99,12 @@ class Trainer:
         # a temperature of 0 or a queue shorter than a batch is refused at once, by name
         method_config = cls.make_config(config.model)
         cls.check_training(method_config, d.batch_size, acc.num_processes, view_options)
-        self.loader = ViewLoader(data, d.views or cls.views, recipe=d.recipe or cls.recipe,
+        self._say(f"building the DALI pipeline for {data} ({d.device} device; the first build takes a few seconds)")
+        recipe = d.recipe or cls.recipe
+        if d.size:
+            from ..pipeline import recipe as recipe_mod
+            recipe = recipe_mod.build(recipe, size=d.size)
+        self.loader = ViewLoader(data, d.views or cls.views, recipe=recipe,
                                  batch_size=d.batch_size, device=d.device, rank=acc.process_index,
                                  world_size=acc.num_processes, local_rank=acc.local_process_index,
                                  seed=config.seed, last_batch="drop", num_threads=d.threads or None,
@@ -119,6 +126,7 @@ class Trainer:
         from .collapse import CollapseMonitor
         self.collapse = CollapseMonitor(self.method.encoder, config.collapse_threshold)
         if config.compile:
+            self._say("torch.compile: the backbone is compiled during the first step (a minute or more)")
             self.method.encoder.compile()
         self.global_batch = d.batch_size * acc.num_processes
         o = config.optim
@@ -143,6 +151,69 @@ class Trainer:
             self._restore(path)
         self._stop = False
 
+    def _say(self, text: str) -> None:
+        """A line on stderr from the main process: what long first-use work is doing."""
+        if self.accelerator.is_main_process:
+            import sys
+            print(f"clvr train: {text}", file=sys.stderr, flush=True)
+
+    def plan(self):
+        """The run's :class:`~clvr.methods.plan.Plan` (printed before the first step)."""
+        from .plan import Plan
+        c, d, acc, m = self.config, self.config.data, self.accelerator, self.method
+        encoder = m.encoder
+        params = sum(p.numel() for p in encoder.parameters()) / 1e6
+        options = ", ".join(f"{k} {v}" for k, v in m.backbone_options().items() if v not in (None, "", {}))
+        recipe = self.loader.ctx.recipe(0)
+        view_names = ", ".join(self.loader.view_names)
+        threads = torch.get_num_threads()
+        return Plan(method=self.method_cls.name, views=f"{self.loader.generator.name} views: {view_names}",
+                    backbone=f"{m.config.backbone}" + (f", {options}" if options else "")
+                             + f": {params:.2f} M parameters, {int(encoder.num_features)} features",
+                    images=f"{int(recipe.size)} px views (recipe {d.recipe or self.method_cls.recipe}"
+                           + (f", data.size {d.size}" if d.size else "") + ")",
+                    settings=self.settings, samples=self.loader.num_samples,
+                    shards=len(self.loader.shards.shards), steps_per_epoch=self.steps_per_epoch,
+                    epochs=c.epochs, total_steps=self.total_steps, batch=d.batch_size,
+                    processes=acc.num_processes,
+                    device=f"{acc.device}, {threads} torch thread(s); DALI on {self.loader.device}, "
+                           f"{self.loader.num_threads} thread(s); precision {c.precision}")
+
+    def _slow_hints(self) -> list[str]:
+        hints = []
+        if "paper" in self.settings and "small" in self.settings:
+            hints.append("The images are small: --set preset=small trains the small-image settings.")
+        hints.append("A smaller backbone (--set model.backbone=resnet18), smaller views (--set data.size=...), "
+                     "fewer epochs or a GPU make it shorter.")
+        return hints
+
+    def _first_estimate(self, batch, bar) -> None:
+        """From the first batch, before its step: FLOPs x 3 over the device's measured speed."""
+        from .plan import encoder_flops, estimate_text, predicted_step_seconds, slow_warning
+        try:
+            flops = encoder_flops(self.method.encoder, batch.views, self.method.input_kind)
+        except Exception as e:  # an estimate must never stop a run
+            self._say(f"no time estimate before the first step ({type(e).__name__}: {e})")
+            return
+        if not flops:
+            return
+        seconds = predicted_step_seconds(flops, torch.device(self.accelerator.device))
+        self.predicted_step_seconds = seconds
+        left = self.total_steps - self.step
+        self._write(bar, estimate_text(seconds, self.steps_per_epoch, left,
+                                       f"{flops * 3 / 1e9:,.1f} GFLOP per step at this machine's measured speed; "
+                                       f"refined after {self.timer.warmup + self.timer.steps} steps"))
+        warning = slow_warning(seconds, self.steps_per_epoch, self.config.slow_epoch_hours, self._slow_hints())
+        if warning:
+            self._write(bar, warning)
+
+    def _write(self, bar, text: str) -> None:
+        if bar is not None:
+            bar.write(text)
+        elif self.accelerator.is_main_process:
+            import sys
+            print(text, file=sys.stderr, flush=True)
+
     # -- the kNN monitor ----------------------------------------------------------------------
 
     def _knn_loaders(self, data, val):
@@ -153,6 +224,11 @@ class Trainer:
         if not self.loader.shards.classes:
             raise cfg.ConfigError(f"--val needs labelled training shards, and {data} has no classes: the "
                                   "kNN monitor classifies by the labels of the training features")
+        from ..pipeline.source import resolve
+        if not resolve(val).classes:
+            raise cfg.ConfigError(f"--val {val}: the shard set has no labels (no classes in its manifest); the "
+                                  "kNN monitor needs labelled validation shards (for clvr shard index: a .cls "
+                                  "in every sample)")
         acc, d = self.accelerator, self.config.data
         recipe = self.loader.ctx.recipe(0)
         common = dict(batch_size=d.batch_size, size=int(recipe.size), device=d.device, rank=acc.process_index,
@@ -258,6 +334,9 @@ class Trainer:
         if self.tensorboard:
             acc.init_trackers("tensorboard", config={k: v for k, v in _flat(cfg.to_dict(c)).items()
                                                      if isinstance(v, (int, float, str, bool))})
+        if main:
+            import sys
+            print(self.plan().text(), end="", file=sys.stderr, flush=True)
         bar = None
         if main and c.progress:
             from tqdm import tqdm
@@ -278,13 +357,34 @@ class Trainer:
     def _loop(self, metrics, bar) -> dict:
         acc, c = self.accelerator, self.config
         tick, seen = time.perf_counter(), 0
+        from .plan import StepTimer, estimate_text, slow_warning
+        self.timer = StepTimer()
+        first = True
         while self.step < self.total_steps and not self._stop:
             epoch = self.step // self.steps_per_epoch
             for batch in self.loader:
                 if self.step >= self.total_steps or self._stop:
                     break
+                if first and acc.is_main_process:
+                    self._first_estimate(batch, bar)
+                    if bar is not None:
+                        bar.set_postfix_str("first step (builds kernels, fills the data queue)")
+                first = False
                 logs = self._train_step(batch)
                 self.step += 1
+                measured = self.timer.step()
+                if measured is not None and acc.is_main_process:
+                    self.measured_step_seconds = measured
+                    left = self.total_steps - self.step
+                    self._write(bar, estimate_text(measured, self.steps_per_epoch, left,
+                                                   f"measured on steps {self.timer.warmup + 1} to "
+                                                   f"{self.timer.warmup + self.timer.steps}"))
+                    if getattr(self, "predicted_step_seconds", None) is None or not slow_warning(
+                            self.predicted_step_seconds, self.steps_per_epoch, c.slow_epoch_hours, []):
+                        warning = slow_warning(measured, self.steps_per_epoch, c.slow_epoch_hours,
+                                               self._slow_hints())
+                        if warning:
+                            self._write(bar, warning)
                 seen += len(batch) * acc.num_processes
                 log_step = self.step % c.log_every == 0 or self.step == self.total_steps
                 if log_step:
@@ -398,6 +498,6 @@ class Trainer:
 
 def train(method: str | None, data, out, config_file=None, sets=None, overrides=None, resume=None) -> dict:
     """Resolve the configuration and train; returns a summary (steps, last checkpoint...)."""
-    config = cfg.build(method, config_file, sets, overrides)
-    trainer = Trainer(config, data, out, resume=resume)
+    config, settings = cfg.build_for_data(method, config_file, sets, data, overrides)
+    trainer = Trainer(config, data, out, resume=resume, settings=settings)
     return trainer.run()
