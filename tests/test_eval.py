@@ -16,7 +16,8 @@ from conftest import make_demo
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 TINY_TRAIN = ["--method", "simclr", "--set", "model.backbone=tiny", "--set", "model.hidden=32", "--set",
-              "model.dim=16", "--set", "data.batch_size=8", "--set", "progress=false", "--set", "tensorboard=false", "--set", "knn_k=5"]
+              "model.dim=16", "--set", "data.batch_size=8", "--set", "progress=false", "--set", "tensorboard=false", "--set", "knn_k=5",
+              "--set", "preset=paper"]
 # small and quick: every protocol runs, with few epochs
 FAST = ["--set", "knn_k=[200,5]", "--set", "linear.epochs=5", "--set", "fractions=[0.1]",
         "--set", "finetune.epochs=2", "--set", "supervised.epochs=2", "--set", "finetune.batch_size=16",

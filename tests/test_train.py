@@ -23,7 +23,7 @@ from conftest import make_demo
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 TINY = ["--set", "model.backbone=tiny", "--set", "data.batch_size=8", "--set", "data.recipe=simclr-cifar",
-        "--set", "progress=false"]
+        "--set", "progress=false", "--set", "preset=paper"]
 SIMCLR = ["--method", "simclr", "--set", "model.hidden=32", "--set", "model.dim=16"] + TINY
 MOCO = ["--method", "moco_v2", "--set", "model.hidden=32", "--set", "model.dim=16", "--set", "model.queue=64"] + TINY
 

@@ -72,7 +72,8 @@ def recorder(tmp_path):
 
 COMMON = ["--method", "recording:RecordingMoCo", "--set", "model.backbone=tiny", "--set", "model.hidden=32",
           "--set", "model.dim=16", "--set", "model.queue=64", "--set", "data.batch_size=8",
-          "--set", "data.recipe=simclr-cifar", "--set", "progress=false", "--set", "keep=20"]
+          "--set", "data.recipe=simclr-cifar", "--set", "progress=false", "--set", "keep=20",
+          "--set", "preset=paper"]
 
 
 def test_two_processes_split_every_epoch_and_share_the_state(digits, tmp_path, recorder):

@@ -35,7 +35,8 @@ def test_every_method_trains_from_the_command_and_exports(name, demos, clvr, tmp
     cls = get_method(name)
     run = tmp_path / "run"
     args = ["train", "--method", name, "--data", demos[demo], "--out", run, *sets(config, "model"),
-            "--set", "data.batch_size=4", "--set", "max_steps=2", "--set", "progress=false", "--set", "log_every=1"]
+            "--set", "data.batch_size=4", "--set", "max_steps=2", "--set", "progress=false", "--set", "log_every=1",
+            "--set", "preset=paper"]
     if view_options:
         args += ["--set", f"data.view_options={json.dumps(view_options)}"]
     if cls.recipe:
