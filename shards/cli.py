@@ -353,7 +353,8 @@ def cmd_info(args) -> int:
 
 def cmd_index(args) -> int:
     from .foreign import index_foreign
-    result = index_foreign(args.src if len(args.src) > 1 else args.src[0], args.out, progress=args.progress)
+    result = index_foreign(args.src if len(args.src) > 1 else args.src[0], args.out, progress=args.progress,
+                           command=["clvr", *getattr(args, "argv", [])])
     print(result.summary())
     return 0
 

@@ -133,7 +133,7 @@ def _image_size(data: bytes):
         return None
 
 
-def index_foreign(src, out=None, progress: bool = True) -> IndexResult:
+def index_foreign(src, out=None, progress: bool = True, command: list | None = None) -> IndexResult:
     """Write DALI index files and a manifest for foreign WebDataset tars (see the module doc)."""
     tars = find_tars(src)
     out = Path(out) if out is not None else tars[0].parent
@@ -225,6 +225,7 @@ def index_foreign(src, out=None, progress: bool = True) -> IndexResult:
         "skipped": {"count": len(result.skipped), "samples": result.skipped[:1000]},
         "unknown_extensions": dict(sorted(result.unknown.items())),
         "index_from": "order",
+        "command": list(command or []), "seed": None,
     }
     from clvr import __version__
     manifest["clvr_version"] = __version__

@@ -34,6 +34,15 @@ def describe(out) -> str:
         lines.append("      components: " + ", ".join(f"{k} ({v})" for k, v in (m.get("components") or {}).items()))
         if m.get("stats"):
             lines.append("      " + ", ".join(f"{k} ({v})" for k, v in m["stats"].items()))
+        if m.get("tar_dir", ".") != ".":
+            lines.append(f"      tars in {directory / m['tar_dir']} (indexed by clvr shard index)")
+        skipped = (m.get("skipped") or {}).get("count")
+        if skipped:
+            keys = ", ".join(f"{s['shard'].rsplit('/', 1)[-1]}:{s['key']}" for s in m["skipped"]["samples"][:5])
+            lines.append(f"      skipped {skipped} sample(s) without an image or video: {keys}")
+        if m.get("unknown_extensions"):
+            lines.append("      unknown extensions (never read): "
+                         + ", ".join(f".{k} ({v})" for k, v in m["unknown_extensions"].items()))
     if root.get("classes"):
         lines.append(f"  classes ({len(root['classes']['names'])}): " + ", ".join(root["classes"]["names"]))
     if root.get("categories"):

@@ -197,6 +197,9 @@ def test_shard_index_makes_foreign_tars_readable_without_rewriting_them(clvr, tm
     assert manifest["kind"] == "foreign" and manifest["index_from"] == "order" and manifest["tar_dir"] == "."
     assert manifest["classes"]["names"] == ["0", "2", "4"] and manifest["skipped"]["count"] == 1
     assert manifest["stats"] == {"image_side:32": 30} and manifest["totals"]["samples"] == 30
+    info = clvr("shard", "info", src)
+    assert info.code == 0 and "skipped 1 sample(s) without an image or video: part-0000.tar:orphan" in info.out
+    assert f"command: clvr shard index {src} --no-progress" in info.out and ".exr (1)" in info.out
     assert [s["first_index"] for s in manifest["shards"]] == [0, 11, 23]     # the orphan took a place in the first tar
     # each index file is what wds2idx would list for the tar, less the sample without an image
     first = src / "part-0000.tar"
