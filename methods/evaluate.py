@@ -114,8 +114,8 @@ class Evaluation:
             self.weights = spec.with_suffix(".safetensors")
         self.meta = describe(self.weights)
         if not self.meta.get("sha256"):       # an old or hand-made sidecar: hash the weights here
-            from .export import _sha256
-            self.meta["sha256"] = _sha256(self.weights)
+            from ..shards.fileio import sha256_file
+            self.meta["sha256"] = sha256_file(self.weights)
         self.run_dir = self._run_dir(spec)
         self.kind = self.meta["architecture"]["kind"]
         self.views = "video_clips" if self.kind == "video" else "two_view"

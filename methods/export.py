@@ -11,7 +11,6 @@ sha256. :func:`load_encoder` rebuilds it with clvr's network modules only, not i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..shards.fileio import atomic_target, write_atomic
+from ..shards.fileio import atomic_target, sha256_file, write_atomic
 from .checkpoint import CHECKPOINTS, CheckpointError, latest_checkpoint, load_checkpoint
 
 #: the sidecar's ``format``, and the version of its fields
@@ -80,7 +79,7 @@ def export_encoder(source, out, *, verify: bool = True) -> tuple[Path, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_target(out, f".{os.getpid()}.tmp") as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
     sidecar = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "weights": out.name, "sha256": digest, "tensors": len(tensors),
@@ -126,7 +125,7 @@ def load_encoder(path, map_location="cpu", *, verify: bool = True) -> nn.Module:
     weights = path.with_suffix(".safetensors")
     if not weights.is_file():
         raise EncoderFileError(f"{weights}: no such weights file (its sidecar is {sidecar_path(weights)})")
-    if verify and meta.get("sha256") and _sha256(weights) != meta["sha256"]:
+    if verify and meta.get("sha256") and sha256_file(weights) != meta["sha256"]:
         raise EncoderFileError(f"{weights} does not match the sha256 in its sidecar {sidecar_path(weights)}: "
                                "the file changed after export, or an export was interrupted; export it again")
 
@@ -212,9 +211,3 @@ def _check_tensors(model: nn.Module, tensors: dict, where: str) -> None:
         raise EncoderFileError(f"{where}: the weights do not fit {type(model).__name__}: " + "; ".join(problems))
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

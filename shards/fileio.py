@@ -26,6 +26,16 @@ def atomic_target(path, tmp_suffix: str = ".tmp"):
         raise
 
 
+def sha256_file(path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_atomic(path, data: bytes, tmp_suffix: str = ".tmp") -> None:
     """Write ``data`` to ``path`` through :func:`atomic_target`."""
     with atomic_target(path, tmp_suffix) as tmp:

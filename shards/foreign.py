@@ -23,7 +23,6 @@ can). Running it again replaces what it wrote.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from .dali_index import IndexedComponent, format_index
 from .errors import ShardError
-from .fileio import write_atomic
+from .fileio import sha256_file, write_atomic
 from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, FORMAT_NAME, FORMAT_VERSION, IMAGE_EXTS, INDEX_EXT,
                      LABEL_EXT, META_EXT, TEXT_EXT, VIDEO_EXTS, split_member_name)
 from .manifest import MANIFEST_NAME, write_json_atomic
@@ -85,13 +84,9 @@ def find_tars(src) -> list[Path]:
     return paths
 
 
-def _scan(tar: Path, sizes: Counter, unknown: Counter):
-    """One pass over a tar: its samples (list of (key, [IndexedComponent], {ext: bytes} of the
-    small members)), its sha256 and size."""
-    h = hashlib.sha256()
-    with open(tar, "rb") as raw:
-        for block in iter(lambda: raw.read(1 << 20), b""):
-            h.update(block)
+def _scan(tar: Path, unknown: Counter):
+    """A tar's samples (list of (key, [IndexedComponent], {ext: bytes} of the .cls and image
+    members)), its sha256 and size."""
     samples, seen = [], {}
     try:
         tf = tarfile.open(tar, "r:")
@@ -121,7 +116,7 @@ def _scan(tar: Path, sizes: Counter, unknown: Counter):
                     small[ext] = f.read() if f is not None else b""
         except tarfile.TarError as e:
             raise ShardError(f"{tar}: the tar is damaged ({e})") from None
-    return samples, h.hexdigest(), tar.stat().st_size
+    return samples, sha256_file(tar), tar.stat().st_size
 
 
 def _image_size(data: bytes):
@@ -163,7 +158,7 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
     bar = Progress(len(tars), "index tars", enabled=progress)
     try:
         for tar in tars:
-            samples, sha, nbytes = _scan(tar, sizes, result.unknown)
+            samples, sha, nbytes = _scan(tar, result.unknown)
             kept = []
             for key, comps, small in samples:
                 exts = {c.ext for c in comps}

@@ -12,7 +12,6 @@ Returns the list of problems; the command exits non-zero when it is not empty.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import tarfile
@@ -20,20 +19,13 @@ from pathlib import Path
 
 from .dali_index import index_tar, parse_index
 from .errors import Reject, ShardError
+from .fileio import sha256_file
 from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, IMAGE_EXTS, INDEX_EXT, LABEL_EXT, META_EXT, TEXT_EXT,
                      VIDEO_EXTS, decode_boxes, decode_int64, sample_key)
 from .images import ImageOptions, prepare_image
 from .manifest import MANIFEST_NAME, read_manifest, shard_sets, structure_problems
 from .progress import Progress
 from .shard_writer import TMP_SUFFIX
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_sample(where: str, comps: dict[str, bytes], n_classes: int | None) -> list[str]:
@@ -111,7 +103,7 @@ def verify_set(directory: Path, manifest: dict, sample: int | None = None, seed:
             size = tar.stat().st_size
             if size != s["bytes"]:
                 problems.append(f"{tar}: {size} bytes, manifest says {s['bytes']}")
-            digest = _sha256(tar)
+            digest = sha256_file(tar)
             if digest != s["sha256"]:
                 problems.append(f"{tar}: sha256 {digest[:12]}… does not match the manifest's {s['sha256'][:12]}…")
             try:
