@@ -251,9 +251,10 @@ def data_sizes(data):
     from ..shards.errors import ShardError
     from ..shards.manifest import MANIFEST_NAME, shard_sets
     from ..shards.sizes import summary
+    from ..pipeline.source import is_remote
     text = str(data)
     path = Path(text)
-    if "://" in text or text.startswith(("pipe:", "file:")) or not (path.is_dir() or path.name == MANIFEST_NAME):
+    if is_remote(text) or not (path.is_dir() or path.name == MANIFEST_NAME):
         return None, f"no manifest to read image sizes from ({text})"
     try:
         sets = shard_sets(path)

@@ -153,9 +153,7 @@ class Trainer:
 
     def _say(self, text: str) -> None:
         """A line on stderr from the main process: what long first-use work is doing."""
-        if self.accelerator.is_main_process:
-            import sys
-            print(f"clvr train: {text}", file=sys.stderr, flush=True)
+        self._write(None, f"clvr train: {text}")
 
     def plan(self):
         """The run's :class:`~clvr.methods.plan.Plan` (printed before the first step)."""
@@ -189,7 +187,7 @@ class Trainer:
 
     def _first_estimate(self, batch, bar) -> None:
         """From the first batch, before its step: FLOPs x 3 over the device's measured speed."""
-        from .plan import encoder_flops, estimate_text, predicted_step_seconds, slow_warning
+        from .plan import encoder_flops, estimate_text, predicted_step_seconds
         try:
             flops = encoder_flops(self.method.encoder, batch.views, self.method.input_kind)
         except Exception as e:  # an estimate must never stop a run
@@ -198,14 +196,30 @@ class Trainer:
         if not flops:
             return
         seconds = predicted_step_seconds(flops, torch.device(self.accelerator.device))
-        self.predicted_step_seconds = seconds
         left = self.total_steps - self.step
         self._write(bar, estimate_text(seconds, self.steps_per_epoch, left,
                                        f"{flops * 3 / 1e9:,.1f} GFLOP per step at this machine's measured speed; "
                                        f"refined after {self.timer.warmup + self.timer.steps} steps"))
-        warning = slow_warning(seconds, self.steps_per_epoch, self.config.slow_epoch_hours, self._slow_hints())
+        self._warn_if_slow(seconds, bar)
+
+    def _measured_estimate(self, seconds: float, bar) -> None:
+        """The estimate from the measured steps; the slow-run warning if the first did not give it."""
+        from .plan import estimate_text
+        self._write(bar, estimate_text(seconds, self.steps_per_epoch, self.total_steps - self.step,
+                                       f"measured on steps {self.timer.warmup + 1} to "
+                                       f"{self.timer.warmup + self.timer.steps}"))
+        self._warn_if_slow(seconds, bar)
+
+    def _warn_if_slow(self, seconds_per_step: float, bar) -> None:
+        """Warn (once) when an epoch would take longer than slow_epoch_hours."""
+        from .plan import slow_warning
+        if self.warned_slow:
+            return
+        warning = slow_warning(seconds_per_step, self.steps_per_epoch, self.config.slow_epoch_hours,
+                               self._slow_hints())
         if warning:
             self._write(bar, warning)
+            self.warned_slow = True
 
     def _write(self, bar, text: str) -> None:
         if bar is not None:
@@ -335,8 +349,7 @@ class Trainer:
             acc.init_trackers("tensorboard", config={k: v for k, v in _flat(cfg.to_dict(c)).items()
                                                      if isinstance(v, (int, float, str, bool))})
         if main:
-            import sys
-            print(self.plan().text(), end="", file=sys.stderr, flush=True)
+            self._write(None, self.plan().text().rstrip("\n"))
         bar = None
         if main and c.progress:
             from tqdm import tqdm
@@ -357,34 +370,22 @@ class Trainer:
     def _loop(self, metrics, bar) -> dict:
         acc, c = self.accelerator, self.config
         tick, seen = time.perf_counter(), 0
-        from .plan import StepTimer, estimate_text, slow_warning
-        self.timer = StepTimer()
-        first = True
+        from .plan import StepTimer
+        self.timer, self.warned_slow = StepTimer(), False
         while self.step < self.total_steps and not self._stop:
             epoch = self.step // self.steps_per_epoch
             for batch in self.loader:
                 if self.step >= self.total_steps or self._stop:
                     break
-                if first and acc.is_main_process:
+                if self.timer.seen == 0 and acc.is_main_process:
                     self._first_estimate(batch, bar)
                     if bar is not None:
                         bar.set_postfix_str("first step (builds kernels, fills the data queue)")
-                first = False
                 logs = self._train_step(batch)
                 self.step += 1
                 measured = self.timer.step()
                 if measured is not None and acc.is_main_process:
-                    self.measured_step_seconds = measured
-                    left = self.total_steps - self.step
-                    self._write(bar, estimate_text(measured, self.steps_per_epoch, left,
-                                                   f"measured on steps {self.timer.warmup + 1} to "
-                                                   f"{self.timer.warmup + self.timer.steps}"))
-                    if getattr(self, "predicted_step_seconds", None) is None or not slow_warning(
-                            self.predicted_step_seconds, self.steps_per_epoch, c.slow_epoch_hours, []):
-                        warning = slow_warning(measured, self.steps_per_epoch, c.slow_epoch_hours,
-                                               self._slow_hints())
-                        if warning:
-                            self._write(bar, warning)
+                    self._measured_estimate(measured, bar)
                 seen += len(batch) * acc.num_processes
                 log_step = self.step % c.log_every == 0 or self.step == self.total_steps
                 if log_step:

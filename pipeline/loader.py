@@ -210,16 +210,15 @@ class ViewLoader:
         found: set[int] = set()
         for shard in self.shards.shards:
             entries = read_index(shard.index, shard.tar)
+            real = os.path.realpath(shard.tar)
             if self._by_order and first:
                 if shard.first_index is None:
                     raise PipelineError(f"{shard.tar}: its manifest gives no first_index, which the samples' "
                                         "global index is counted from")
-                real = os.path.realpath(shard.tar)
                 for position, e in enumerate(entries):
                     self._order_index[(real, e.key)] = shard.first_index + position
             bad = []
             unselected = set()
-            real = os.path.realpath(shard.tar)
             for e in entries:
                 if selection is not None and self._by_order:
                     gi = self._order_index[(real, e.key)]
@@ -318,14 +317,12 @@ class ViewLoader:
             views = list(out["views"])
             extras = dict(out.get("extras") or {})
             host = dict(out.get("host") or {})     # inputs of the generator's host stage
-            names = ["index"] + [f for f in ("label", "label_cls", "boxes", "box_classes", "text", "valid") if f in raw]
+            passed = [f for f in ("label", "label_cls", "boxes", "box_classes", "text", "valid") if f in raw]
+            names = ["index"] + passed
             names += [f"view:{i}" for i in range(len(views))] + [f"extra:{k}" for k in extras]
             names += [f"host:{k}" for k in host]
             self._output_names = names
-            nodes = [raw["index"]] + [raw["label"] if f == "label" else
-                                      sample.boxes if f == "boxes" else raw[f]
-                                      for f in ("label", "label_cls", "boxes", "box_classes", "text", "valid")
-                                      if f in raw]
+            nodes = [raw["index"]] + [sample.boxes if f == "boxes" else raw[f] for f in passed]
             return tuple(nodes + views + list(extras.values()) + list(host.values()))
 
         device_id = self.local_rank if self.device == "gpu" else None
