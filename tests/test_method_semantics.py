@@ -388,8 +388,11 @@ def test_instdisc_bank_momentum_weights_the_old_entry():
     assert close(m.bank.bank[1:5], F.normalize(0.8 * bank0[1:5] + 0.2 * f, dim=1), 1e-12)
 
 
-def test_instdisc_per_sample_negatives():
-    m = build("instdisc", **TINY_INSTDISC, num_samples=64, shared_negatives=False).train()
+def instdisc_step(**options):
+    """One InstDisc step on 4 samples of a 64-entry bank, the noise drawn under seed 5 (the
+    reference draws again after ``torch.manual_seed(5)``): (method, output, features, bank
+    before the step, index)."""
+    m = build("instdisc", **TINY_INSTDISC, num_samples=64, **options).train()
     index = torch.tensor([3, 17, 40, 63])
     batch = one_view(two_view_batch(b=4, index=index))
     bank0 = m.bank.bank.clone()
@@ -397,6 +400,11 @@ def test_instdisc_per_sample_negatives():
     torch.manual_seed(5)
     out = m(batch)
     torch.manual_seed(5)
+    return m, out, f, bank0, index
+
+
+def test_instdisc_per_sample_negatives():
+    m, out, f, bank0, index = instdisc_step(shared_negatives=False)
     noise = bank0[torch.randint(64, (4, 16))]                        # one draw per sample
     neg = torch.einsum("bd,bmd->bm", f, noise)
     t = m.config.temperature
@@ -412,14 +420,7 @@ def softmax_reference(pos, neg, t):
 
 
 def test_instdisc_softmax_loss_is_the_non_parametric_softmax_and_needs_no_z():
-    m = build("instdisc", **TINY_INSTDISC, num_samples=64, loss="softmax").train()
-    index = torch.tensor([3, 17, 40, 63])
-    batch = one_view(two_view_batch(b=4, index=index))
-    bank0 = m.bank.bank.clone()
-    f = m.online(batch.views[0])
-    torch.manual_seed(5)
-    out = m(batch)
-    torch.manual_seed(5)
+    m, out, f, bank0, index = instdisc_step(loss="softmax")
     neg = f @ bank0[torch.randint(64, (16,))].T
     pos = (f * bank0[index]).sum(1)
     t = m.config.temperature
