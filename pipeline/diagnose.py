@@ -17,8 +17,10 @@ The result is the shard and key of every bad sample among them.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import mmap
+import os
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
@@ -30,11 +32,12 @@ from .errors import dali_message
 from .source import read_index
 
 
-def in_flight(shards, opts, index_files, batch_size: int, runs_done: int, ahead: int) -> list[int]:
-    """Global indices of the batches ``runs_done .. runs_done + ahead`` of the reader's stream."""
+def in_flight(shards, opts, index_files, fields, batch_size: int, runs_done: int, ahead: int) -> list[str]:
+    """The source of each sample ("tar:offset:member", as DALI reports it) of the batches
+    ``runs_done .. runs_done + ahead`` of the reader's stream (read, not decoded)."""
     @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None, seed=0, prefetch_queue_depth=1)
     def shadow():
-        return reader_mod.read(shards, ["index"], opts, index_files)["index"]
+        return reader_mod.read(shards, fields, opts, index_files)["source"]
 
     pipe = shadow()
     pipe.build()
@@ -42,20 +45,28 @@ def in_flight(shards, opts, index_files, batch_size: int, runs_done: int, ahead:
         pipe.run()
     out = []
     for _ in range(ahead):
-        (idx,) = pipe.run()
-        out += [int(np.asarray(idx[i]).reshape(-1)[0]) for i in range(len(idx))]
+        (src,) = pipe.run()
+        out += [bytes(np.asarray(src[i])).decode("utf-8", "surrogateescape") for i in range(len(src))]
     return out
 
 
-def locate(index_files, tars, keys: set[str]) -> dict[str, tuple[str, dict]]:
-    """key -> (tar, {ext: (offset, size)}) for the wanted keys."""
-    found = {}
-    for idx, tar in zip(index_files, tars):
+def locate(loader, sources: list[str]) -> list[tuple[str, object]]:
+    """(tar, IndexedSample) of each distinct sample among ``sources``."""
+    wanted: dict[str, set[int]] = {}
+    for text in sources:
+        real, offset, _ = loader.source_of(text)
+        wanted.setdefault(real, set()).add(offset)
+    found, seen = [], set()
+    for shard, idx in zip(loader.shards.shards, loader._index_files):
+        real = os.path.realpath(shard.tar)
+        if real not in wanted:
+            continue
         for e in read_index(idx):
-            if e.key in keys:
-                found[e.key] = (tar, e.components)
-        if len(found) == len(keys):
-            break
+            first = min(e.offsets)
+            if e.offsets & wanted[real] and (real, first) not in seen:
+                seen.add((real, first))
+                key = loader._where.get((real, first), (e.key, None))[0]
+                found.append((shard.tar, dataclasses.replace(e, key=key)))
     return found
 
 
@@ -94,12 +105,12 @@ def size_problem(sizes: dict[str, int]) -> str | None:
 def content_problem(data, exts: set[str], fields: list[str], quick: bool = False) -> str | None:
     """An image or video (of the ones ``fields`` asks for) that cannot be decoded;
     ``data(ext)`` gives a component's bytes. ``quick``: PIL only (no DALI decode, no video)."""
-    image_ext = next((e for e in F.IMAGE_EXTS if e in exts), None)
+    image_ext = next((e for e in sorted(exts) if e.lower() in (*F.IMAGE_EXTS, "jpeg")), None)
     if "image" in fields and image_ext:
         problem = _check_image(data(image_ext), dali=not quick)
         if problem:
             return f"{image_ext}: {problem}"
-    video_ext = next((e for e in F.VIDEO_EXTS if e in exts), None)
+    video_ext = next((e for e in sorted(exts) if e.lower() in F.VIDEO_EXTS), None)
     if "video" in fields and video_ext and not quick:
         problem = _dali_decode(data(video_ext), video=True)
         if problem:
@@ -136,20 +147,19 @@ def _dali_decode(blob: bytes, video: bool) -> str | None:
     return None
 
 
-def find_bad(loader, runs_done: int) -> list[tuple[str, str, str]]:
-    """(tar, key, reason) of the bad samples among the batches in flight when DALI failed."""
+def find_bad(loader, runs_done: int) -> list[tuple[str, str, str, int]]:
+    """(tar, key, reason, first offset) of the bad samples among the batches in flight when
+    DALI failed."""
     opts = reader_mod.ReadOptions(rank=loader.rank, world_size=loader.world_size, shuffle=loader.shuffle,
                                   shuffle_buffer=loader.shuffle_buffer, seed=loader.seed)
     ahead = loader.prefetch + 2
-    indices = in_flight(loader.shards, opts, loader._index_files, loader.batch_size, runs_done, ahead)
-    keys = {f"{i:0{F.KEY_DIGITS}d}" for i in indices}
-    where = locate(loader._index_files, loader.shards.tars, keys)
+    fields = [f for f in loader.fields if f != "index" or not loader._by_order] or loader.fields
+    sources = in_flight(loader.shards, opts, loader._index_files, fields, loader.batch_size, runs_done, ahead)
     bad = []
-    for key in sorted(where):
-        tar, comps = where[key]
-        reason = check_sample(tar, comps, loader.fields)
+    for tar, entry in locate(loader, sources):
+        reason = check_sample(tar, entry.components, loader.fields)
         if reason:
-            bad.append((tar, key, reason))
+            bad.append((tar, entry.key, reason, min(entry.offsets)))
     return bad
 
 

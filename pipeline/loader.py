@@ -53,6 +53,7 @@ from .batch import ViewBatch
 from .errors import PipelineError, SampleError, dali_message
 from .sample import Context, Sample, check_video_codecs
 from .source import ShardSet, read_index, resolve
+from clvr.shards import dali_index
 from .views import get_view
 from .views.base import ViewGenerator
 
@@ -179,8 +180,13 @@ class ViewLoader:
                                 "paths (their global index comes from DALI's source info)")
         if "video" in self.generator.needs:
             check_video_codecs(self.shards, self.device)
-        self.skipped: list[dict] = []       # {"shard", "key", "reason"} of every skipped sample
-        self._excluded: set[tuple[str, str]] = set()
+        self.skipped: list[dict] = []       # {"shard", "key", "reason", "epoch"} of every skipped sample
+        self.repeats_dropped = 0            # samples a rebuilt stream brought again in its epoch (not served)
+        self._excluded: set[tuple] = set()  # skipped samples: (real tar, first offset); remote: (url, key)
+        self._tar_paths = {s.tar: os.path.realpath(s.tar) for s in self.shards.shards}
+        self._index_bound = _index_bound(self.shards)
+        self._seen_epoch, self._seen = -1, {}   # global index -> source, of the epoch being served
+        self._repaired_epoch = -1
         self._tmp = None
         self._feed = None                   # remote shards: the reader thread DALI pulls from
         # Remote shards are checked as they stream (no index files to parse up front).
@@ -198,43 +204,48 @@ class ViewLoader:
         here (shard and key) instead of inside DALI. Returns the index files to give DALI
         (filtered copies when samples are excluded under ``on_error="skip"`` or left out by
         ``samples=``). Shards left with no sample are dropped from ``self.shards`` (DALI rejects
-        an index file without samples); ``first``: check that ``samples=`` names only samples
-        of the set (once: later calls may have dropped shards of skipped samples)."""
-        need_exts = [reader_mod.FIELDS[f][0].split(";") for f in self.fields
+        an index file without samples); ``first``: build the maps from a sample's tar and offset
+        to its key (and, for ``clvr shard index`` sets, its global index and label), and check
+        that ``samples=`` names only samples of the set (once: later calls may have dropped
+        shards of skipped samples)."""
+        need_exts = [reader_mod.field_exts(self.shards, f) for f in self.fields
                      if not (f == "index" and self._by_order)]
-        if self._by_order and first:
-            self._order_index = {}       # (tar, key) -> global index, from the manifest's order
+        if first:
+            self._where: dict[tuple[str, int], tuple[str, int | None]] = {}   # (tar, offset) -> (key, index)
+            self._labels: dict[int, int] = {}                                  # global index -> label
         selection = self.selection
         shards, out = [], []
         kept = 0
         found: set[int] = set()
         for shard in self.shards.shards:
-            entries = read_index(shard.index, shard.tar)
+            entries = read_index(shard.index, shard.tar, shard.samples_file)
             real = os.path.realpath(shard.tar)
-            if self._by_order and first:
-                if shard.first_index is None:
+            if first:
+                if self._by_order and shard.first_index is None:
                     raise PipelineError(f"{shard.tar}: its manifest gives no first_index, which the samples' "
                                         "global index is counted from")
                 for position, e in enumerate(entries):
-                    self._order_index[(real, e.key)] = shard.first_index + position
-            bad = []
-            unselected = set()
-            for e in entries:
-                if selection is not None and self._by_order:
-                    gi = self._order_index[(real, e.key)]
-                    if gi not in selection:
-                        unselected.add(e.key)
-                        continue
-                    found.add(gi)
-                elif selection is not None:
-                    if not (e.key.isascii() and e.key.isdigit()):
+                    gi = shard.first_index + position if self._by_order else None
+                    for off in e.offsets:
+                        self._where[(real, off)] = (e.key, gi)
+                    if gi is not None and e.label is not None:
+                        self._labels[gi] = e.label
+            drop: dict[int, str | None] = {}          # position -> reason (None: not selected)
+            for position, e in enumerate(entries):
+                if selection is not None:
+                    if self._by_order:
+                        gi = shard.first_index + position
+                    elif e.key.isascii() and e.key.isdigit():
+                        gi = int(e.key)
+                    else:
                         raise PipelineError(
                             f"{shard.tar}: key {e.key!r} is not a global sample index; samples= needs "
-                            "shards written by clvr shard (keys are the index in nine digits)")
-                    if int(e.key) not in selection:
-                        unselected.add(e.key)
+                            "shards written by clvr shard (keys are the index in nine digits) or indexed by "
+                            "clvr shard index")
+                    if gi not in selection:
+                        drop[position] = None
                         continue
-                    found.add(int(e.key))
+                    found.add(gi)
                 for exts in need_exts:
                     if not any(x in e.components for x in exts):
                         reason = f"missing component {'/'.join(exts)}"
@@ -242,16 +253,15 @@ class ViewLoader:
                             raise SampleError(f"{shard.tar}: key {e.key}: {reason} "
                                               "(use on_error='skip' / --on-error skip to skip such samples)",
                                               shard.tar, e.key)
-                        bad.append((e.key, reason))
+                        drop[position] = reason
                         break
-                if (shard.tar, e.key) in self._excluded:
-                    bad.append((e.key, None))
-            left = len(entries) - len(unselected) - len({key for key, _ in bad})
-            index = self._filtered_index(shard, entries, bad, unselected)
-            if left:
+                if (real, min(e.offsets)) in self._excluded:
+                    drop.setdefault(position, "")
+            index = self._filtered_index(shard, entries, drop)
+            if index is not None:
                 shards.append(shard)
                 out.append(index)
-            kept += left
+                kept += len(entries) - len(drop)
         if first and selection is not None:
             missing = sorted(selection - found)
             if missing:
@@ -264,24 +274,26 @@ class ViewLoader:
             self.shards = dataclasses.replace(self.shards, shards=shards)
         return out
 
-    def _filtered_index(self, shard, entries, bad, unselected=frozenset()) -> str | None:
-        """The index file of ``shard`` without the ``bad`` samples (recorded as skipped when they
-        have a reason) and the ``unselected`` keys (left out by ``samples=``, not skipped)."""
-        if not bad and not unselected:
+    def _filtered_index(self, shard, entries, drop: dict) -> str | None:
+        """The index file of ``shard`` without the samples at the positions of ``drop``: those
+        with a reason are recorded as skipped (once), those without (``None``: left out by
+        ``samples=``; ``""``: skipped before) are left out silently. None when nothing is left."""
+        if not drop:
             return shard.index
-        for key, reason in bad:
-            if reason is not None and (shard.tar, key) not in self._excluded:
-                self._excluded.add((shard.tar, key))
-                self.skipped.append({"shard": shard.tar, "key": key, "reason": reason})
-        drop = {k for k, _ in bad} | set(unselected)
+        real = os.path.realpath(shard.tar)
+        for position, reason in drop.items():
+            where = (real, min(entries[position].offsets))
+            if reason and where not in self._excluded:
+                self._excluded.add(where)
+                self.skipped.append({"shard": shard.tar, "key": entries[position].key, "reason": reason})
         if len(drop) >= len(entries):
             return None                      # nothing left: the caller leaves the shard out
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="clvr-index-")
-        lines = Path(shard.index).read_text().splitlines()
-        keep = [ln for ln in lines[1:] if ln.strip() and ln.split()[3].split(".", 1)[0] not in drop]
+        samples = dali_index.read_index(shard.index)
+        keep = [comps for position, comps in enumerate(samples) if position not in drop]
         path = Path(self._tmp.name) / f"{len(os.listdir(self._tmp.name))}-{Path(shard.index).name}"
-        path.write_text(f"v1.2 {len(keep)}\n" + "".join(ln + "\n" for ln in keep))
+        path.write_text(dali_index.format_index(keep), encoding="utf-8")
         return str(path)
 
     def _remote_feed(self, opts) -> remote_mod.Feed:
@@ -317,7 +329,7 @@ class ViewLoader:
             views = list(out["views"])
             extras = dict(out.get("extras") or {})
             host = dict(out.get("host") or {})     # inputs of the generator's host stage
-            passed = [f for f in ("label", "label_cls", "boxes", "box_classes", "text", "valid") if f in raw]
+            passed = [f for f in ("label", "boxes", "box_classes", "text", "valid", "source") if f in raw]
             names = ["index"] + passed
             names += [f"view:{i}" for i in range(len(views))] + [f"extra:{k}" for k in extras]
             names += [f"host:{k}" for k in host]
@@ -421,8 +433,11 @@ class ViewLoader:
         """Name the sample behind a DALI error; under ``on_error="skip"`` exclude it and go on.
 
         Skipping rebuilds the pipeline without the bad samples. Its stream starts afresh, so the
-        epoch in which a bad sample is found is not exact (its remaining steps come from the new
-        stream); every later epoch is. ``clvr shard verify`` finds such samples beforehand.
+        rest of the epoch in which a bad sample is found comes from the new stream: a sample it
+        brings that this epoch already yielded is marked invalid (``valid == False``, dropped by
+        the methods) instead of being seen twice, and the samples the new stream would have
+        brought earlier are not seen in that epoch (counted in ``unseen``). Every later epoch is
+        exact. ``clvr shard verify`` finds such samples beforehand.
 
         Remote shards: the feed keeps the bytes of the batches in flight, and the rebuilt stream
         resumes at the failed batch, so even that epoch stays exact (the skipped sample's slot
@@ -432,7 +447,8 @@ class ViewLoader:
         message = dali_message(error)
         try:
             if self.shards.remote:
-                bad = find_bad_remote(self._feed, self.epoch * self.stream_batches + self._pos, self.fields)
+                bad = [(*b, None) for b in
+                       find_bad_remote(self._feed, self.epoch * self.stream_batches + self._pos, self.fields)]
             else:
                 bad = find_bad(self, self._runs)
         except Exception as e:  # the diagnosis must not hide the original error
@@ -441,19 +457,21 @@ class ViewLoader:
         if not bad:
             raise PipelineError(f"{self.shards.spec}: reading failed: {message}") from None
         if self.on_error == "raise":
-            tar, key, reason = bad[0]
+            tar, key, reason, _ = bad[0]
             more = f" (and {len(bad) - 1} more in the same batches)" if len(bad) > 1 else ""
             raise SampleError(f"{tar}: key {key}: {reason}{more}; use on_error='skip' (--on-error skip) "
                               "to skip and count bad samples", tar, key) from None
-        for tar, key, reason in bad:
-            if (tar, key) not in self._excluded:
-                self._excluded.add((tar, key))
-                self.skipped.append({"shard": tar, "key": key, "reason": reason})
+        for tar, key, reason, offset in bad:
+            where = (tar, key) if offset is None else (os.path.realpath(tar), offset)
+            if where not in self._excluded:
+                self._excluded.add(where)
+                self.skipped.append({"shard": tar, "key": key, "reason": reason, "epoch": self.epoch})
         self.pipe = None
         self._runs = 0
         if not self.shards.remote:
             self._index_files = self._check_shards()
             self._pos = 0
+            self._repaired_epoch = self.epoch
         self._build()
 
     # -- conversion ---------------------------------------------------------------------------
@@ -470,20 +488,23 @@ class ViewLoader:
         self._seed_host_draws(epoch, step)
         named = dict(zip(self._output_names, outs))
         dev = self.torch_device
+        sources = None if self.shards.remote else self._sources(named["source"])
         if self._by_order:
-            index = self._indices_by_order(named["index"]).to(dev)
+            index = self._indices_by_order(sources)
         else:
-            index = _dense(named["index"], dev).reshape(-1)
+            index = _dense(named["index"], torch.device("cpu")).reshape(-1)
         n = index.shape[0]
-        if "label_cls" in named:
-            label = self._labels_from_cls(named["label_cls"], named["index"]).to(dev)
+        if self._by_order:
+            label = torch.tensor([self._labels.get(gi, -1) for gi in index.tolist()], dtype=torch.int64)
         else:
             label = _dense(named["label"], dev).reshape(-1) if "label" in named else \
                 torch.full((n,), -1, dtype=torch.int64, device=dev)
         valid = torch.arange(first, first + n) < self.part_size
         if "valid" in named:                # remote: skipped samples leave padding slots too
             valid &= torch.from_numpy(np.asarray(named["valid"].as_tensor()).reshape(-1) != 0)
-        valid = valid.to(dev)
+        if sources is not None:
+            valid = self._check_indices(index, valid, sources, epoch)
+        index, label, valid = index.to(dev), label.to(dev), valid.to(dev)
         host = {k.split(":", 1)[1]: _host_arrays(v) for k, v in named.items() if k.startswith("host:")}
         if host:
             views = tuple(t.to(dev) for t in self.generator.host_views(host, self.ctx))
@@ -500,36 +521,65 @@ class ViewLoader:
                           for i in range(len(named["text"]))]
         return batch
 
-    def _source(self, info_tl, i: int) -> tuple[str, str]:
-        """(tar, key) of sample ``i`` of a batch, from DALI's "tar:offset:member" source info."""
-        text = bytes(np.asarray(info_tl[i])).decode("utf-8", "surrogateescape")
-        tar, _, member = text.rsplit(":", 2)
-        return os.path.realpath(tar), member.rsplit("/", 1)[-1].split(".", 1)[0]
+    def source_of(self, text: str) -> tuple[str, int, str]:
+        """(real tar path, data offset, member name) from DALI's "tar:offset:member" source info
+        (a tar path or member name may hold colons: the tar is found among this set's tars)."""
+        colon = text.find(":")
+        while colon >= 0:
+            if text[:colon] in self._tar_paths:
+                offset, _, member = text[colon + 1:].partition(":")
+                if offset.isdigit():
+                    return self._tar_paths[text[:colon]], int(offset), member
+            colon = text.find(":", colon + 1)
+        raise PipelineError(f"{self.shards.spec}: DALI reported a sample from {text!r}, which is in none of "
+                            "the set's tars")
 
-    def _indices_by_order(self, info_tl) -> torch.Tensor:
+    def _sources(self, info_tl) -> list[tuple[str, int, str]]:
+        return [self.source_of(bytes(np.asarray(info_tl[i])).decode("utf-8", "surrogateescape"))
+                for i in range(len(info_tl))]
+
+    def _key(self, source: tuple[str, int, str]) -> str:
+        real, offset, member = source
+        return self._where.get((real, offset), (dali_index.split_member_name(member)[0], None))[0]
+
+    def _indices_by_order(self, sources) -> torch.Tensor:
         """The global index of each sample of a ``clvr shard index`` set: its position in the
-        manifest's order, looked up by tar and key."""
+        manifest's order, found from the tar and offset DALI read it at."""
         out = []
-        for i in range(len(info_tl)):
-            where = self._source(info_tl, i)
-            if where not in self._order_index:
-                raise PipelineError(f"{where[0]}: key {where[1]} is not in the shard set's index files")
-            out.append(self._order_index[where])
+        for real, offset, member in sources:
+            gi = self._where.get((real, offset), (None, None))[1]
+            if gi is None:
+                raise PipelineError(f"{real}: the member {member} at byte {offset} is not in the shard set's "
+                                    "index files (re-run clvr shard index)")
+            out.append(gi)
         return torch.tensor(out, dtype=torch.int64)
 
-    def _labels_from_cls(self, cls_tl, info_tl) -> torch.Tensor:
-        """Class ids from ASCII ``.cls`` members, mapped through the manifest's class names."""
-        ids = (self.shards.manifest or {}).get("classes", {}).get("ids", {})
-        out = []
-        for i in range(len(cls_tl)):
-            text = bytes(np.asarray(cls_tl[i])).decode("ascii", "replace").strip()
-            try:
-                out.append(int(ids[str(int(text))]))
-            except (ValueError, KeyError):
-                tar, key = self._source(info_tl, i) if self._by_order else (self.shards.spec, "?")
-                raise PipelineError(f"{tar}: key {key}: .cls = {text[:20]!r} is not one of the manifest's "
-                                    f"classes ({', '.join(list(ids)[:10])})") from None
-        return torch.tensor(out, dtype=torch.int64)
+    def _check_indices(self, index: torch.Tensor, valid: torch.Tensor, sources, epoch: int) -> torch.Tensor:
+        """Every global index served must be in ``[0, N)`` and seen once per epoch: an error
+        naming tar and key otherwise. In the epoch a skip rebuilt the stream, a sample seen
+        before the skip is marked invalid instead (returned: the new ``valid``)."""
+        if epoch != self._seen_epoch:
+            self._seen_epoch, self._seen = epoch, {}
+        valid = valid.clone()
+        for i, gi in enumerate(index.tolist()):
+            if not valid[i]:
+                continue
+            if not 0 <= gi < self._index_bound:
+                raise PipelineError(f"{sources[i][0]}: key {self._key(sources[i])}: global index {gi} is out of "
+                                    f"range [0, {self._index_bound}) of {self.shards.spec} (the shard's index.i64 "
+                                    "was changed after sharding; clvr shard verify names every such sample)")
+            if gi in self._seen:
+                if self._repaired_epoch == epoch:
+                    valid[i] = False
+                    self.repeats_dropped += 1
+                    continue
+                first = self._seen[gi]
+                raise PipelineError(f"{sources[i][0]}: key {self._key(sources[i])}: global index {gi} was already "
+                                    f"served in epoch {epoch} by key {self._key(first)} ({first[0]}): two samples "
+                                    "share one index, so a memory bank would mix them (re-shard, or run clvr shard "
+                                    "verify to list them)")
+            self._seen[gi] = sources[i]
+        return valid
 
     # -- state --------------------------------------------------------------------------------
 
@@ -556,6 +606,18 @@ class ViewLoader:
             self.close()
         except Exception:
             pass
+
+
+def _index_bound(shards: ShardSet) -> float:
+    """One past the largest global index the set may serve: from its manifest's shards
+    (``first_index`` + samples), else its totals; unbounded for tars without a manifest."""
+    ends = [s.first_index + s.samples for s in shards.shards
+            if s.first_index is not None and s.samples is not None]
+    if ends and len(ends) == len(shards.shards):
+        total = (shards.manifest or {}).get("totals", {}).get("samples")
+        return max(max(ends), total if isinstance(total, int) else 0)
+    total = (shards.manifest or {}).get("totals", {}).get("samples")
+    return total if isinstance(total, int) else float("inf")
 
 
 def _selection(samples) -> frozenset[int]:

@@ -34,7 +34,6 @@ READER_NAME = "Reader"
 FIELDS = {
     "index": (F.INDEX_EXT, types.INT64),
     "label": (F.LABEL_EXT, types.INT64),
-    "label_cls": (F.CLS_EXT, types.UINT8),          # foreign sets: the class id as ASCII decimal
     "image": (";".join((*F.IMAGE_EXTS, "jpeg")), types.UINT8),
     "video": (";".join(F.VIDEO_EXTS), types.UINT8),
     "boxes": (F.BOXES_EXT, types.FLOAT),
@@ -61,9 +60,16 @@ class ReadOptions:
     on_missing: str = "error"   # DALI missing_component_behavior
 
 
-def has_field(shards: ShardSet, field: str) -> bool:
+def field_exts(shards: ShardSet, field: str) -> list[str]:
+    """The extensions that give ``field`` in this set: clvr's, plus the spellings in other case
+    that the set's components use (``JPG``, ``Png``: ``clvr shard index`` writes them as found)."""
     exts = FIELDS[field][0].split(";")
-    return any(e in shards.components for e in exts)
+    lower = {e.lower() for e in exts}
+    return exts + sorted(c for c in shards.components if c.lower() in lower and c not in exts)
+
+
+def has_field(shards: ShardSet, field: str) -> bool:
+    return any(e.lower() in {c.lower() for c in shards.components} for e in FIELDS[field][0].split(";"))
 
 
 def index_from_order(shards: ShardSet) -> bool:
@@ -80,9 +86,7 @@ def fields_for(shards: ShardSet, needs: set[str]) -> list[str]:
                             "other tools, or re-shard with 'clvr shard'")
     fields = ["index"]
     if has_field(shards, "label"):
-        fields.append("label")
-    elif (shards.manifest or {}).get("label_source") == F.CLS_EXT and shards.classes:
-        fields.append("label_cls")
+        fields.append("label")          # (a clvr shard index set's labels come from its side files)
     for need in sorted(needs):
         if need not in NEEDS:
             raise PipelineError(f"unknown input {need!r}; a view generator may need: {', '.join(NEEDS)}")
@@ -118,16 +122,18 @@ def read(shards: ShardSet, fields: list[str], opts: ReadOptions, index_files: li
     read_fields = fields[1:] if by_order else fields
     outs = fn.readers.webdataset(
         paths=tars, index_paths=idxs,
-        ext=[FIELDS[f][0] for f in read_fields], dtypes=[FIELDS[f][1] for f in read_fields],
+        ext=[";".join(field_exts(shards, f)) for f in read_fields], dtypes=[FIELDS[f][1] for f in read_fields],
         shard_id=opts.rank, num_shards=opts.world_size,
         seed=(opts.seed * 7919 + opts.rank + 1) % (2 ** 31),
         pad_last_batch=True, missing_component_behavior=opts.on_missing, name=READER_NAME, **kwargs)
     if not isinstance(outs, (list, tuple)):
         outs = [outs]
     out = dict(zip(read_fields, outs))
+    # "tar:offset:member" of each sample's last field, as bytes: the loader finds the sample's tar
+    # and key from it (and, for a clvr shard index set, its global index)
+    out["source"] = fn.get_property(outs[-1], key="source_info")
     if by_order:
-        # "tar:offset:member" of each sample, as bytes: the loader turns it into the index
-        out["index"] = fn.get_property(outs[-1], key="source_info")
+        out["index"] = out["source"]
     return out
 
 

@@ -22,7 +22,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clvr.shards import dali_index
 from clvr.shards.errors import ShardError
+from clvr.shards.foreign import read_samples_file
 from clvr.shards.manifest import MANIFEST_NAME, read_manifest, shard_sets, structure_problems
 
 from .errors import PipelineError
@@ -57,7 +59,12 @@ def expand_braces(pattern: str) -> list[str]:
 class IndexedSample:
     """One sample of a shard as its index file lists it."""
     key: str
-    components: dict[str, tuple[int, int]]  # ext -> (offset, size)
+    components: dict[str, tuple[int, int]]  # ext (as written) -> (offset, size)
+    label: int | None = None                # clvr shard index's side file: the class id (-1: none)
+
+    @property
+    def offsets(self) -> set[int]:
+        return {off for off, _ in self.components.values()}
 
 
 @dataclass
@@ -66,6 +73,7 @@ class Shard:
     index: str | None
     samples: int | None = None
     first_index: int | None = None
+    samples_file: str | None = None         # clvr shard index: true keys and labels
 
 
 @dataclass
@@ -144,7 +152,8 @@ def _from_manifest(path: Path, split: str | None) -> ShardSet:
     if not isinstance(tar_dir, str) or not tar_dir:
         raise PipelineError(f"{directory / MANIFEST_NAME}: tar_dir = {tar_dir!r} must name the tars' folder")
     tars = directory / tar_dir       # clvr shard index --out DIR: the tars stay where they are
-    shards = [Shard(str(tars / s["name"]), str(directory / s["index"]), s["samples"], s["first_index"])
+    shards = [Shard(str(tars / s["name"]), str(directory / s["index"]), s["samples"], s["first_index"],
+                    str(directory / s["samples_file"]) if s.get("samples_file") else None)
               for s in manifest["shards"]]
     for s, entry in zip(shards, manifest["shards"]):
         if not Path(s.tar).is_file():
@@ -188,6 +197,8 @@ def _from_tars(spec: str, tars: list[str]) -> ShardSet:
         s.samples, first = index_summary(s.index)
         known = found.get(os.path.abspath(s.tar)) if found else None
         s.first_index = known["first_index"] if known else None
+        if known and known.get("samples_file"):
+            s.samples_file = str(Path(s.tar).parent / known["samples_file"])
         components |= first
     manifest = next(iter(found.values()))["_manifest"] if found else None
     return ShardSet(spec=spec, shards=shards, components=components,
@@ -228,73 +239,31 @@ def index_summary(index_path: str) -> tuple[int, set[str]]:
     The full check of every line (:func:`read_index`) is the loader's, once, at start-up.
     """
     try:
-        with open(index_path) as f:
-            header, line = f.readline().split(), f.readline().split()
-        count = int(header[1]) if header[:1] == ["v1.2"] else None
-    except (OSError, UnicodeDecodeError, ValueError, IndexError) as e:
-        raise PipelineError(f"{index_path}: cannot read the index file ({e})") from None
-    if count is None:
-        raise PipelineError(f"{index_path}: not a DALI v1.2 index file (first line {' '.join(header)!r})")
-    return count, set(line[0::4])
+        return dali_index.index_summary(index_path)
+    except ShardError as e:
+        raise PipelineError(str(e)) from None
 
 
-def read_index(index_path: str, tar_path: str | None = None) -> list[IndexedSample]:
-    """Parse a DALI (wds2idx v1.2) index file; check it against the tar's size when given.
+def read_index(index_path: str, tar_path: str | None = None, samples_file: str | None = None) -> list[IndexedSample]:
+    """Parse a DALI (wds2idx v1.2) index file (:mod:`clvr.shards.dali_index`, the one parser);
+    check it against the tar when given: a component whose bytes run past the end of the tar
+    means the shard was truncated after it was written (named with the first key cut off), and
+    the tar's headers must carry the members the index names.
 
-    A component whose bytes run past the end of the tar means the shard was truncated after it
-    was written: the error names the shard and the first key cut off.
-    """
+    ``samples_file``: the side file of ``clvr shard index``, whose true keys (and labels) the
+    samples then carry."""
     try:
-        lines = Path(index_path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PipelineError(f"{index_path}: cannot read the index file ({e})") from None
-    if not lines or not lines[0].startswith("v1.2 "):
-        raise PipelineError(f"{index_path}: not a DALI v1.2 index file (first line {lines[:1]!r})")
-    try:
-        count = int(lines[0].split()[1])
-    except (IndexError, ValueError):
-        raise PipelineError(f"{index_path}: bad header {lines[0]!r}") from None
-    body = [ln for ln in lines[1:] if ln.strip()]
-    if len(body) != count:
-        raise PipelineError(f"{index_path}: header says {count} samples but {len(body)} are listed")
-    size = os.path.getsize(tar_path) if tar_path else None
-    out = []
-    for n, line in enumerate(body, start=2):
-        parts = line.split()
-        if len(parts) % 4:
-            raise PipelineError(f"{index_path}:{n}: expected groups of 'ext offset size name'")
-        comps = {}
-        key = None
-        for i in range(0, len(parts), 4):
-            ext, off, length, name = parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]
-            key = name.split(".", 1)[0]
-            comps[ext] = (off, length)
-            if size is not None and off + length > size:
-                raise PipelineError(f"{tar_path}: truncated: key {key} ({name}) ends at byte "
-                                    f"{off + length} but the shard has {size} bytes")
-        out.append(IndexedSample(key or "", comps))
-    if tar_path and out:
-        _check_members(index_path, tar_path, body, out)
-    return out
-
-
-def _check_members(index_path: str, tar_path: str, body: list[str], samples: list[IndexedSample]) -> None:
-    """The index lists member names; the tar header just before the first and last samples'
-    data must carry them, or the index was made for another tar."""
-    import tarfile
-    with open(tar_path, "rb") as f:
-        for line, sample in ((body[0], samples[0]), (body[-1], samples[-1])):
-            fields = line.split()
-            off, name = int(fields[1]), fields[3]
-            if off < 512:
-                raise PipelineError(f"{index_path}: does not match {tar_path}: {name} at byte {off} has no header")
-            f.seek(off - 512)
-            try:
-                header = tarfile.TarInfo.frombuf(f.read(512), "utf-8", "surrogateescape")
-                found = header.name
-            except tarfile.TarError:
-                found = None
-            if found != name and not (found and (name.endswith(found) or name.startswith(found))):
-                raise PipelineError(f"{index_path}: does not match {tar_path}: the index puts key "
-                                    f"{sample.key} ({name}) at byte {off}, but the tar has "
-                                    f"{found or 'no member header'} there (re-run clvr shard index, or re-shard)")
+        entries = dali_index.read_index(index_path)
+        side = read_samples_file(samples_file) if samples_file else None
+        keys = side["keys"] if side else None
+        if tar_path:
+            dali_index.check_against_tar(entries, tar_path, index_path, keys=keys)
+        if keys is not None:
+            dali_index.check_keys(entries, keys, index_path, samples_file)
+    except ShardError as e:
+        raise PipelineError(str(e)) from None
+    labels = side.get("labels") if side else None
+    return [IndexedSample(keys[n] if keys else dali_index.sample_key(comps),
+                          {c.ext: (c.offset, c.size) for c in comps},
+                          labels[n] if labels is not None else None)
+            for n, comps in enumerate(entries)]

@@ -2,47 +2,78 @@
 
 img2dataset, open_clip's tools and ``webdataset.ShardWriter`` write tars of samples such as
 ``KEY.jpg`` + ``KEY.cls`` (or ``KEY.txt``, ``KEY.json``), with no DALI index files and no
-manifest. This writes both, without rewriting a tar:
+manifest. This writes them, without rewriting a tar:
 
 - one DALI index file per tar (``NAME.idx``, the ``wds2idx`` v1.2 format) listing the samples
   that have an image (or a video). A sample without one is left out of the index (so it is never
   read) and counted, with its key, in the summary and in ``skipped`` of the manifest;
-- a ``manifest.json`` (``kind: foreign``) with every tar's size and sha256, the components,
-  the image sizes (``stats`` ``image_side:*``), and the classes when every sample has a ``cls``
-  (ASCII decimal ids; the distinct ids, sorted, are the class names).
+- one side file per tar (``NAME.samples.json``): each indexed sample's true key and label, in
+  index order. The index's name field cannot carry every name (DALI splits its fields at spaces),
+  and the labels may live in ``.json`` members that DALI does not parse;
+- a ``manifest.json`` (``kind: foreign``) with every tar's size and sha256, the components as
+  written, the image sizes (``stats`` ``image_side:*``), the classes and where the labels came from.
 
-Members with an extension clvr does not know are counted (``unknown_extensions``) and stay in the
-index, where no reader asks for them. The samples carry no ``index.i64``: their global index is
-their position in the manifest's order (shard ``first_index`` + position in its index file),
-which is what :mod:`clvr.pipeline` assigns when it reads them.
+Member names are read as Python's tarfile reads them (PAX long and non-ASCII names included), and
+a member's key is webdataset's: the whole path up to the first dot of the file name, folders
+included (``train/n01440764/n01440764_0001.JPEG`` -> key ``train/n01440764/n01440764_0001``,
+extension ``JPEG``). Extensions are matched without regard to case and written as they stand.
+One departure, where webdataset's rule finds no image in a run of members: file names with dots
+before the extension (``img.0001.jpg``, which the rule reads as key ``img`` with the extension
+``0001.jpg``, merging every such file of a folder into one sample) are keyed up to their known
+extension (``img.0001``) and counted in the summary.
 
-In place (the default) the index files and the manifest go beside the tars; with ``--out DIR``
-they go to DIR, and the manifest's ``tar_dir`` says where the tars are (relative to DIR when it
-can). Running it again replaces what it wrote.
+Labels (``--label-key``): the first of the components ``cls``, ``cls2``, ``label``, ``class``
+that the set has, else a field ``label``, ``cls``, ``class``, ``class_id`` or ``class_name`` of the
+``.json`` members, else none; ``--label-key json:FIELD`` or ``--label-key EXT`` chooses, ``none``
+turns them off. Integer labels keep their value as the class id (``-1``: unlabelled); other
+labels are class names, numbered in sorted order. ``--classes-from DIR`` takes another set's
+classes instead (index a validation set with its training set's ids). A sample without a label
+in a labelled set gets ``-1``: counted, listed by key in the manifest (``unlabelled``) and
+reported; evaluation leaves such samples out.
+
+The samples carry no ``index.i64``: their global index is their position in the manifest's
+order (shard ``first_index`` + position in its index file), which is what
+:mod:`clvr.pipeline` assigns when it reads them (from the tar and offset DALI reports).
+Whatever is written is parsed back and checked against its tar before the command succeeds.
+
+In place (the default) the files go beside the tars; with ``--out DIR`` they go to DIR, and the
+manifest's ``tar_dir`` says where the tars are (relative to DIR when it can). Running it again
+replaces what it wrote.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dali_index import IndexedComponent, format_index
+from .dali_index import (IndexedComponent, IndexFileError, check_against_tar, check_keys, field_name,
+                         format_index, parse_index)
 from .errors import ShardError
 from .fileio import sha256_file, write_atomic
 from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, FORMAT_NAME, FORMAT_VERSION, IMAGE_EXTS, INDEX_EXT,
-                     LABEL_EXT, META_EXT, TEXT_EXT, VIDEO_EXTS, split_member_name)
-from .manifest import MANIFEST_NAME, write_json_atomic
+                     LABEL_EXT, META_EXT, TEXT_EXT, UNLABELLED, VIDEO_EXTS, json_bytes, split_member_name)
+from .manifest import MANIFEST_NAME, read_manifest, write_json_atomic
 from .sizes import bucket
 
-#: image extensions other tools write beside clvr's (DALI decodes by content)
+#: image extensions other tools write beside clvr's (DALI decodes by content); matched in any case
 FOREIGN_IMAGE_EXTS = (*IMAGE_EXTS, "jpeg")
-KNOWN_EXTS = {*FOREIGN_IMAGE_EXTS, *VIDEO_EXTS, INDEX_EXT, LABEL_EXT, CLS_EXT, BOXES_EXT, BOXCLS_EXT,
+MEDIA_EXTS = (*FOREIGN_IMAGE_EXTS, *VIDEO_EXTS)
+#: components that hold a sample's label as text (an integer id or a class name), in the order tried
+LABEL_EXTS = (CLS_EXT, "cls2", "label", "class")
+#: fields of a ``.json`` member tried for the label when no label component exists
+JSON_LABEL_FIELDS = ("label", "cls", "class", "class_id", "class_name")
+KNOWN_EXTS = {*MEDIA_EXTS, INDEX_EXT, LABEL_EXT, *LABEL_EXTS, BOXES_EXT, BOXCLS_EXT,
               TEXT_EXT, META_EXT, "url.txt", "key", "caption"}
 KIND = "foreign"
+SAMPLES_SUFFIX = ".samples.json"
+SAMPLES_FORMAT = "clvr-index-samples"
+_INT = re.compile(r"[+-]?\d+")
 
 
 @dataclass
@@ -53,19 +84,46 @@ class IndexResult:
     skipped: list = field(default_factory=list)          # {"shard", "key", "reason"}
     unknown: Counter = field(default_factory=Counter)    # extension -> members
     classes: list | None = None
+    label_source: str | None = None
+    unlabelled: list = field(default_factory=list)       # {"shard", "key"}
+    dotted: list = field(default_factory=list)           # member names keyed up to a known extension
+    encoded: list = field(default_factory=list)          # member names percent-encoded in the index
+    label_hint: str | None = None
 
     def summary(self) -> str:
         lines = [f"indexed {self.samples:,} samples in {self.shards} shard(s); manifest {self.out / MANIFEST_NAME}"]
         if self.classes:
-            lines.append(f"  {len(self.classes)} classes from .cls")
+            lines.append(f"  {len(self.classes)} classes, labels from {_label_source_text(self.label_source)}")
+        elif self.label_hint:
+            lines.append(f"  no labels: {self.label_hint}")
+        if self.unlabelled:
+            lines.append(f"  WARNING: {len(self.unlabelled)} of {self.samples:,} sample(s) have no label "
+                         f"(label -1, left out of evaluation; listed in the manifest's 'unlabelled'): "
+                         + _first_keys(self.unlabelled))
         if self.skipped:
-            first = ", ".join(f"{Path(s['shard']).name}:{s['key']}" for s in self.skipped[:5])
-            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
-            lines.append(f"  skipped {len(self.skipped)} sample(s) without an image or video: {first}{more}")
+            lines.append(f"  skipped {len(self.skipped)} sample(s) without an image or video: "
+                         + _first_keys(self.skipped))
+        if self.dotted:
+            lines.append(f"  {len(self.dotted)} sample(s) with dots in the file name, keyed up to the extension "
+                         f"(e.g. {self.dotted[0]!r}; webdataset's rule would cut the key at the first dot)")
+        if self.encoded:
+            lines.append(f"  {len(self.encoded)} member name(s) with white space, percent-encoded in the index "
+                         f"files (e.g. {self.encoded[0]!r}); the true keys are in the *{SAMPLES_SUFFIX} side files")
         if self.unknown:
             lines.append("  unknown extensions (kept, never read): "
                          + ", ".join(f".{e} ({n})" for e, n in sorted(self.unknown.items())))
         return "\n".join(lines)
+
+
+def _first_keys(records: list, n: int = 5) -> str:
+    first = ", ".join(f"{Path(s['shard']).name}:{s['key']}" for s in records[:n])
+    return first + (f" and {len(records) - n} more" if len(records) > n else "")
+
+
+def _label_source_text(source: str | None) -> str:
+    if source and source.startswith("json:"):
+        return f"the field {source[5:]!r} of the .json members"
+    return f"the .{source} members"
 
 
 def find_tars(src) -> list[Path]:
@@ -84,40 +142,249 @@ def find_tars(src) -> list[Path]:
     return paths
 
 
-def _scan(tar: Path, unknown: Counter):
-    """A tar's samples (list of (key, [IndexedComponent], {ext: bytes} of the .cls and image
-    members)), its sha256 and size."""
-    samples, seen = [], {}
+# -- reading a tar's members into samples ----------------------------------------------------
+
+@dataclass
+class Member:
+    name: str
+    offset: int
+    size: int
+    data: bytes | None = None      # read for labels, .json and images (sizes); None otherwise
+
+
+@dataclass
+class ForeignSample:
+    key: str
+    members: list                  # [(ext as written, Member)]
+
+    def exts(self) -> dict[str, str]:
+        """lower-case extension -> extension as written"""
+        return {e.lower(): e for e, _ in self.members}
+
+    def data(self, ext_lower: str) -> bytes | None:
+        for e, m in self.members:
+            if e.lower() == ext_lower:
+                return m.data
+        return None
+
+
+def _is_media(ext: str) -> bool:
+    return ext.lower() in MEDIA_EXTS
+
+
+def _known_suffix(ext: str) -> str | None:
+    """The longest tail of ``ext`` after one of its dots that is a known extension
+    (``0001.jpg`` -> ``jpg``, ``0001.label.i64`` -> ``label.i64``)."""
+    for i, c in enumerate(ext):
+        if c == "." and ext[i + 1:].lower() in KNOWN_EXTS:
+            return ext[i + 1:]
+    return None
+
+
+def _read_members(tar: Path, wanted) -> list[Member]:
     try:
         tf = tarfile.open(tar, "r:")
     except (tarfile.TarError, OSError) as e:
         raise ShardError(f"{tar}: not a readable tar ({e})") from None
+    out = []
     with tf:
         try:
-            for member in tf:
-                if not member.isreg():
+            for m in tf:
+                if not m.isreg():
                     continue
-                key, ext = split_member_name(member.name)
-                if not key or not ext:
-                    unknown[ext or "(none)"] += 1
-                    continue
-                if ext not in KNOWN_EXTS:
-                    unknown[ext] += 1
-                if not samples or samples[-1][0] != key:
-                    if key in seen:
-                        raise ShardError(f"{tar}: key {key!r} appears again at {member.name!r} after other "
-                                         "samples; a sample's members must be contiguous (as webdataset writes them)")
-                    seen[key] = len(samples)
-                    samples.append((key, [], {}))
-                comps, small = samples[-1][1], samples[-1][2]
-                comps.append(IndexedComponent(ext, member.offset_data, member.size, member.name))
-                if ext == CLS_EXT or ext in FOREIGN_IMAGE_EXTS:
-                    f = tf.extractfile(member)
-                    small[ext] = f.read() if f is not None else b""
+                data = None
+                if wanted(m.name):
+                    f = tf.extractfile(m)
+                    data = f.read() if f is not None else b""
+                out.append(Member(m.name, m.offset_data, m.size, data))
         except tarfile.TarError as e:
             raise ShardError(f"{tar}: the tar is damaged ({e})") from None
-    return samples, sha256_file(tar), tar.stat().st_size
+    return out
 
+
+def group_members(tar: Path, members: list[Member], unknown: Counter, dotted: list) -> list[ForeignSample]:
+    """Members in tar order -> samples, by webdataset's key rule (runs of members with one key);
+    a run without an image or video whose extensions end in a known one (``img.0001.jpg``) is
+    keyed up to that extension instead (names appended to ``dotted``)."""
+    runs: list[ForeignSample] = []
+    for m in members:
+        key, ext = split_member_name(m.name)
+        if not key or not ext or key.endswith("/"):
+            unknown[ext or "(none)"] += 1
+            continue
+        if runs and runs[-1].key == key:
+            runs[-1].members.append((ext, m))
+        else:
+            runs.append(ForeignSample(key, [(ext, m)]))
+    samples: list[ForeignSample] = []
+    for run in runs:
+        exts = [e for e, _ in run.members]
+        if any(_is_media(e) for e in exts) or not any(_is_media(_known_suffix(e) or "") for e in exts):
+            samples.append(run)
+            continue
+        current: ForeignSample | None = None
+        for ext, m in run.members:
+            if current is not None and m.name.startswith(current.key + "."):
+                current.members.append((m.name[len(current.key) + 1:], m))
+                continue
+            tail = _known_suffix(ext)
+            if tail is None:
+                key, tail = run.key, ext
+            else:
+                key = m.name[:-len(tail) - 1]
+                dotted.append(m.name)
+            current = ForeignSample(key, [(tail, m)])
+            samples.append(current)
+    for s in samples:
+        seen = {}
+        for ext, m in s.members:
+            if ext.lower() in seen:
+                raise ShardError(f"{tar}: key {s.key!r} has two .{ext.lower()} members ({seen[ext.lower()]!r} and "
+                                 f"{m.name!r}); webdataset refuses such a sample too")
+            seen[ext.lower()] = m.name
+            if ext.lower() not in KNOWN_EXTS:
+                unknown[ext] += 1
+    return samples
+
+
+# -- labels ------------------------------------------------------------------------------------
+
+def _label_text(data: bytes, where: str):
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ShardError(f"{where}: the label is not UTF-8 text") from None
+    if not text:
+        return None
+    return int(text) if _INT.fullmatch(text) else text
+
+
+def _json_of(sample: ForeignSample, where: str):
+    data = sample.data(META_EXT)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ShardError(f"{where}.json: not valid JSON ({e})") from None
+
+
+def _json_field(obj, path: str):
+    for part in path.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def _json_label(value, where: str, source: str):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ShardError(f"{where}: {source} is {json.dumps(value)[:40]}, not a class id or name")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ShardError(f"{where}: {source} is {value}, not a class id")
+        return int(value)
+    if isinstance(value, str):
+        value = value.strip()
+        return (int(value) if _INT.fullmatch(value) else value) or None
+    return value
+
+
+def choose_label_source(samples: list[tuple[Path, ForeignSample]], label_key: str | None) -> tuple[str | None, str]:
+    """(label source, hint): ``cls`` / ``json:label`` / None, from ``--label-key`` or found."""
+    present = Counter(e for _, s in samples for e in s.exts())
+    if label_key is not None:
+        label_key = label_key.strip()
+        if label_key.lower() == "none":
+            return None, "--label-key none"
+        if label_key.startswith("json:"):
+            name = label_key[5:]
+            if not name:
+                raise ShardError("--label-key json:FIELD needs a field name, e.g. json:label")
+            if META_EXT not in present:
+                raise ShardError(f"--label-key {label_key}: the samples have no .json member "
+                                 f"(components: {', '.join(sorted(present))})")
+            return label_key, ""
+        ext = label_key.lstrip(".").lower()
+        if ext not in present:
+            raise ShardError(f"--label-key {label_key}: no sample has a .{ext} member "
+                             f"(components: {', '.join(sorted(present))}; json:FIELD reads a .json field)")
+        return ext, ""
+    for ext in LABEL_EXTS:
+        if ext in present:
+            return ext, ""
+    if META_EXT in present:
+        for tar, s in samples[:256]:
+            try:
+                obj = _json_of(s, f"{tar}: key {s.key}")
+            except ShardError:          # a broken .json is named when (if) its label is read
+                continue
+            if isinstance(obj, dict):
+                for name in JSON_LABEL_FIELDS:
+                    if name in obj:
+                        return f"json:{name}", ""
+        return None, ("no .cls/.cls2/.label/.class member and no label field in the .json members; name the "
+                      "field with --label-key json:FIELD")
+    return None, "no .cls/.cls2/.label/.class member (name another with --label-key EXT or json:FIELD)"
+
+
+def _raw_label(tar: Path, sample: ForeignSample, source: str):
+    where = f"{tar}: key {sample.key}"
+    if source.startswith("json:"):
+        obj = _json_of(sample, where)
+        return _json_label(_json_field(obj, source[5:]), where, f"the .json field {source[5:]!r}")
+    data = sample.data(source)
+    return None if data is None else _label_text(data, f"{where}: .{source}")
+
+
+def assign_labels(values: list, where: list[str], classes_from: dict | None) -> tuple[list[int], dict | None]:
+    """Class ids for raw label values (int, str or None) and the classes {names, ids}.
+
+    Integer values are the ids themselves (``-1``: unlabelled); otherwise the values are class
+    names, numbered in sorted order, or by ``classes_from`` (another set's classes)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return [UNLABELLED] * len(values), None
+    if all(isinstance(v, int) for v in present):
+        for v, w in zip(values, where):
+            if v is not None and v < UNLABELLED:
+                raise ShardError(f"{w}: label {v} is not a class id (ids are 0 or more; -1 marks no label)")
+        ids = [UNLABELLED if v is None else v for v in values]
+        top = max(ids)
+        if top < 0:
+            return ids, None
+        names = list(classes_from["names"]) if classes_from else []
+        names += [str(i) for i in range(len(names), top + 1)]
+        return ids, {"names": names, "ids": {n: i for i, n in enumerate(names)}}
+    if classes_from:
+        table = dict(classes_from["ids"])
+        names = list(classes_from["names"])
+    else:
+        names = sorted({str(v) for v in present})
+        table = {n: i for i, n in enumerate(names)}
+    ids = []
+    for v, w in zip(values, where):
+        if v is None:
+            ids.append(UNLABELLED)
+        elif str(v) not in table:
+            raise ShardError(f"{w}: class {str(v)!r} is not one of the classes of --classes-from "
+                             f"({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})")
+        else:
+            ids.append(table[str(v)])
+    return ids, {"names": names, "ids": table}
+
+
+def _classes_of(path) -> dict:
+    manifest = read_manifest(path)
+    classes = manifest.get("classes")
+    if not isinstance(classes, dict) or not classes.get("names"):
+        raise ShardError(f"--classes-from {path}: its manifest has no classes")
+    return classes
+
+
+# -- the command -------------------------------------------------------------------------------
 
 def _image_size(data: bytes):
     try:
@@ -128,12 +395,34 @@ def _image_size(data: bytes):
         return None
 
 
-def index_foreign(src, out=None, progress: bool = True, command: list | None = None) -> IndexResult:
-    """Write DALI index files and a manifest for foreign WebDataset tars (see the module doc)."""
+def _wanted(name: str) -> bool:
+    """Members whose bytes the scan keeps: labels, .json and images (for the size stats)."""
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
+    return ext in (*LABEL_EXTS, META_EXT, *FOREIGN_IMAGE_EXTS)
+
+
+def read_samples_file(path) -> dict:
+    """A side file of ``clvr shard index``: {"keys": [...], "labels": [...] or None}."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{path}: cannot read the side file of clvr shard index ({e}); re-run clvr shard index") \
+            from None
+    if not isinstance(data, dict) or data.get("format") != SAMPLES_FORMAT or not isinstance(data.get("keys"), list):
+        raise ShardError(f"{path}: not a side file of clvr shard index; re-run clvr shard index")
+    labels = data.get("labels")
+    if labels is not None and len(labels) != len(data["keys"]):
+        raise ShardError(f"{path}: {len(data['keys'])} keys but {len(labels)} labels; re-run clvr shard index")
+    return data
+
+
+def index_foreign(src, out=None, progress: bool = True, command: list | None = None,
+                  label_key: str | None = None, classes_from=None) -> IndexResult:
+    """Write DALI index files, side files and a manifest for foreign WebDataset tars (see the
+    module doc)."""
     tars = find_tars(src)
     out = Path(out) if out is not None else tars[0].parent
     if (out / MANIFEST_NAME).is_file():
-        import json
         try:
             kind = json.loads((out / MANIFEST_NAME).read_text()).get("kind")
         except (ValueError, AttributeError):
@@ -141,7 +430,6 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
         if kind != KIND:
             raise ShardError(f"{out / MANIFEST_NAME}: already the manifest of a shard set (kind {kind!r}); "
                              "clvr shard index only replaces what it wrote (use --out DIR for a side folder)")
-    out.mkdir(parents=True, exist_ok=True)
     dirs = {t.resolve().parent for t in tars}
     if len(dirs) != 1:
         raise ShardError(f"the tars lie in {len(dirs)} folders ({', '.join(map(str, sorted(dirs)))}); "
@@ -150,72 +438,87 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
     names = [t.stem for t in tars]
     if len(set(names)) != len(names):
         raise ShardError("two tars have the same name; their index files would collide")
+    reference = _classes_of(classes_from) if classes_from is not None else None
     result = IndexResult(out)
-    sizes, components, labels = Counter(), Counter(), Counter()
-    records, unlabelled, cls_values = [], 0, []
-    undecodable = []
     from .progress import Progress
     bar = Progress(len(tars), "index tars", enabled=progress)
+    per_tar = []                     # (tar, sha, bytes, [ForeignSample])
+    everything = []                  # (tar, sample) of every indexed sample, in manifest order
+    sizes, components, undecodable = Counter(), Counter(), []
     try:
         for tar in tars:
-            samples, sha, nbytes = _scan(tar, result.unknown)
+            samples = group_members(tar, _read_members(tar, _wanted), result.unknown, result.dotted)
             kept = []
-            for key, comps, small in samples:
-                exts = {c.ext for c in comps}
-                if not exts & {*FOREIGN_IMAGE_EXTS, *VIDEO_EXTS}:
-                    result.skipped.append({"shard": str(tar), "key": key,
-                                           "reason": "no image or video (has: " + ", ".join(sorted(exts)) + ")"})
+            for s in samples:
+                exts = s.exts()
+                if not any(e in MEDIA_EXTS for e in exts):
+                    result.skipped.append({"shard": str(tar), "key": s.key, "reason": "no image or video (has: "
+                                           + ", ".join(sorted(exts.values())) + ")"})
                     continue
-                image = next((small[e] for e in FOREIGN_IMAGE_EXTS if e in small), None)
+                image = next((s.data(e) for e in FOREIGN_IMAGE_EXTS if e in exts), None)
                 if image is not None:
                     size = _image_size(image)
                     if size is None:
-                        undecodable.append(f"{tar}: key {key}")
+                        undecodable.append(f"{tar}: key {s.key}")
                     else:
                         sizes[bucket(*size)] += 1
-                if CLS_EXT in small:
-                    text = small[CLS_EXT].decode("ascii", "replace").strip()
-                    try:
-                        cls_values.append(int(text))
-                    except ValueError:
-                        raise ShardError(f"{tar}: key {key}: .cls is {text[:40]!r}, not a class id "
-                                         "(ASCII decimal)") from None
-                else:
-                    unlabelled += 1
-                components.update(exts)
-                kept.append(comps)
-            index_name = tar.stem + ".idx"
-            if kept:
-                write_atomic(out / index_name, format_index(kept).encode())
-                records.append({"name": tar.name, "index": index_name, "samples": len(kept), "bytes": nbytes,
-                                "sha256": sha, "first_index": result.samples})
-                result.samples += len(kept)
+                components.update(e for e, _ in s.members)
+                kept.append(s)
+                everything.append((tar, s))
+            per_tar.append((tar, sha256_file(tar), tar.stat().st_size, kept))
             bar.update()
     finally:
         bar.close()
-    if not records:
-        raise ShardError(f"{tar_dir}: no sample with an image or video in {len(tars)} tar(s)")
+    if not everything:
+        raise ShardError(f"{tar_dir}: no sample with an image or video in {len(tars)} tar(s) "
+                         f"(image extensions: {', '.join(FOREIGN_IMAGE_EXTS)}, in any case)")
     if undecodable:
         raise ShardError(f"{len(undecodable)} image(s) whose header cannot be read, e.g. {undecodable[0]}; "
                          "re-shard them with 'clvr shard images', which converts or rejects each")
-    classes = None
-    if cls_values and not unlabelled:
-        distinct = sorted(set(cls_values))
-        names_ = [str(v) for v in distinct]
-        classes = {"names": names_, "ids": {n: i for i, n in enumerate(names_)}}
-        labels.update(str(classes["ids"][str(v)]) for v in cls_values)
-        result.classes = names_
-    result.shards = len(records)
+    source, result.label_hint = choose_label_source(everything, label_key)
+    if source is not None:
+        raw = [_raw_label(t, s, source) for t, s in everything]
+        ids, classes = assign_labels(raw, [f"{t}: key {s.key}" for t, s in everything], reference)
+    else:
+        ids, classes = [UNLABELLED] * len(everything), None
+    labelled = classes is not None
+    if labelled:
+        result.label_source, result.classes = source, classes["names"]
+        result.unlabelled = [{"shard": str(t), "key": s.key} for (t, s), i in zip(everything, ids) if i < 0]
+    elif source is not None:
+        result.label_hint = f"{_label_source_text(source)} give no label"
+
+    out.mkdir(parents=True, exist_ok=True)
+    records, position = [], 0
+    for tar, sha, nbytes, kept in per_tar:
+        if not kept:
+            continue
+        stem = tar.stem
+        entries = [[IndexedComponent(ext, m.offset, m.size, m.name) for ext, m in s.members] for s in kept]
+        keys = [s.key for s in kept]
+        labels = ids[position:position + len(kept)] if labelled else None
+        text = format_index(entries)
+        result.encoded += [c.name for comps in entries for c in comps if field_name(c.name) != c.name]
+        _check_written(text, tar, stem + ".idx", keys)
+        write_atomic(out / (stem + SAMPLES_SUFFIX), json_bytes({
+            "format": SAMPLES_FORMAT, "version": 1, "tar": tar.name, "keys": keys, "labels": labels}) + b"\n")
+        write_atomic(out / (stem + ".idx"), text.encode("utf-8"))
+        records.append({"name": tar.name, "index": stem + ".idx", "samples_file": stem + SAMPLES_SUFFIX,
+                        "samples": len(kept), "bytes": nbytes, "sha256": sha, "first_index": position})
+        position += len(kept)
+    result.samples, result.shards = position, len(records)
     try:
         rel = os.path.relpath(tar_dir, out.resolve())
     except ValueError:       # another drive (Windows)
         rel = str(tar_dir)
+    label_counts = Counter(str(i) for i in ids if i >= 0)
     manifest = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": KIND, "split": None,
         "tar_dir": rel, "shards": records,
         "totals": {"samples": result.samples, "shards": len(records), "bytes": sum(r["bytes"] for r in records)},
-        "classes": classes, "categories": None, "label_source": CLS_EXT if classes else None,
-        "label_counts": dict(sorted(labels.items(), key=lambda kv: int(kv[0]))),
+        "classes": classes, "categories": None, "label_source": source if labelled else None,
+        "label_counts": dict(sorted(label_counts.items(), key=lambda kv: int(kv[0]))),
+        "unlabelled": {"count": len(result.unlabelled), "samples": result.unlabelled[:1000]},
         "components": dict(sorted(components.items())), "stats": dict(sorted(sizes.items())),
         "skipped": {"count": len(result.skipped), "samples": result.skipped[:1000]},
         "unknown_extensions": dict(sorted(result.unknown.items())),
@@ -226,3 +529,16 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
     manifest["clvr_version"] = __version__
     write_json_atomic(out / MANIFEST_NAME, manifest)
     return result
+
+
+def _check_written(text: str, tar: Path, index_name: str, keys: list[str]) -> None:
+    """Parse the index text back and check it against its tar, as the loader will: whatever
+    this command writes, the loader reads (a problem is raised here, naming tar and key)."""
+    try:
+        parsed = parse_index(text, index_name)
+        if len(parsed) != len(keys):
+            raise IndexFileError(f"{index_name}: {len(parsed)} samples parsed back, {len(keys)} written")
+        check_against_tar(parsed, tar, index_name, keys=keys)
+        check_keys(parsed, keys, index_name, index_name.replace(".idx", SAMPLES_SUFFIX))
+    except IndexFileError as e:
+        raise ShardError(f"{tar}: the index written for it does not read back: {e}") from None

@@ -189,13 +189,15 @@ def test_shard_index_makes_foreign_tars_readable_without_rewriting_them(clvr, tm
     before = {p.name: p.read_bytes() for p in src.glob("*.tar")}
     r = clvr("shard", "index", src, "--no-progress")
     assert r.code == 0, r.err
-    assert "indexed 30 samples in 3 shard(s)" in r.out and "3 classes from .cls" in r.out
+    assert "indexed 30 samples in 3 shard(s)" in r.out and "5 classes, labels from the .cls members" in r.out
     assert "skipped 1 sample(s) without an image or video: part-0000.tar:orphan" in r.out
     assert "unknown extensions (kept, never read): .exr (1)" in r.out
     assert {p.name: p.read_bytes() for p in src.glob("*.tar")} == before          # tars untouched
     manifest = json.loads((src / "manifest.json").read_text())
     assert manifest["kind"] == "foreign" and manifest["index_from"] == "order" and manifest["tar_dir"] == "."
-    assert manifest["classes"]["names"] == ["0", "2", "4"] and manifest["skipped"]["count"] == 1
+    # integer labels keep their value as the class id (0, 2, 4 of 5): the same in every set
+    assert manifest["classes"]["names"] == ["0", "1", "2", "3", "4"] and manifest["skipped"]["count"] == 1
+    assert manifest["label_source"] == "cls" and manifest["unlabelled"]["count"] == 0
     assert manifest["stats"] == {"image_side:32": 30} and manifest["totals"]["samples"] == 30
     info = clvr("shard", "info", src)
     assert info.code == 0 and "skipped 1 sample(s) without an image or video: part-0000.tar:orphan" in info.out
@@ -205,7 +207,7 @@ def test_shard_index_makes_foreign_tars_readable_without_rewriting_them(clvr, tm
     first = src / "part-0000.tar"
     expected = [c for c in index_tar(first) if not c[0].name.startswith("orphan.")]
     assert (src / "part-0000.idx").read_text() == format_index(expected)
-    # read: the global index is the manifest's order, the labels are .cls through the class names
+    # read: the global index is the manifest's order, the labels the writer's .cls
     loader = ViewLoader(src, "two_view", recipe="simclr-cifar", batch_size=8, shuffle=True, last_batch="pad")
     seen = {}
     for batch in loader:
@@ -214,7 +216,7 @@ def test_shard_index_makes_foreign_tars_readable_without_rewriting_them(clvr, tm
                 seen[i] = y
     loader.close()
     assert sorted(seen) == list(range(30))
-    assert [seen[i] for i in range(30)] == [{0: 0, 2: 1, 4: 2}[y] for y in ys]
+    assert [seen[i] for i in range(30)] == ys
 
 
 def test_foreign_shards_train_and_evaluate_from_a_side_folder(clvr, tmp_path):
@@ -243,13 +245,23 @@ def test_foreign_shards_train_and_evaluate_from_a_side_folder(clvr, tmp_path):
 
 def test_shard_index_refuses_bad_foreign_input_by_name(clvr, tmp_path):
     import webdataset as wds
-    # a .cls that is not a class id
+    # a .cls that is not text, a negative id other than -1, and a .json label that is no id or name
     bad = tmp_path / "badcls"
     bad.mkdir()
     with wds.TarWriter(str(bad / "x.tar")) as w:
-        w.write({"__key__": "a", "jpg": _jpeg(), "cls": b"cat"})
+        w.write({"__key__": "a", "jpg": _jpeg(), "cls": b"\xff\xfe"})
     r = clvr("shard", "index", bad, "--no-progress")
-    assert r.code == 2 and f"{bad / 'x.tar'}: key a: .cls is 'cat', not a class id" in r.err
+    assert r.code == 2 and f"{bad / 'x.tar'}: key a: .cls: the label is not UTF-8 text" in r.err
+    for name, sample, flags, message in (
+            ("negative", {"cls": b"-3"}, [], "key a: label -3 is not a class id"),
+            ("jsonlist", {"json": b'{"label": [1, 2]}'}, [], "key a: the .json field 'label' is [1, 2], not a class"),
+            ("badjson", {"json": b'{"label": '}, ["--label-key", "json:label"], "key a.json: not valid JSON"),
+            ("nofield", {"json": b'{"x": 1}'}, ["--label-key", "label"], "--label-key label: no sample has a .label")):
+        (tmp_path / name).mkdir()
+        with wds.TarWriter(str(tmp_path / name / "x.tar")) as w:
+            w.write({"__key__": "a", "jpg": _jpeg(), **sample})
+        r = clvr("shard", "index", tmp_path / name, "--no-progress", *flags)
+        assert r.code == 2 and message in r.err, (name, r.err)
     # no image at all
     none = tmp_path / "none"
     none.mkdir()
