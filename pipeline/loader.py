@@ -465,7 +465,7 @@ class ViewLoader:
             where = (tar, key) if offset is None else (os.path.realpath(tar), offset)
             if where not in self._excluded:
                 self._excluded.add(where)
-                self.skipped.append({"shard": tar, "key": key, "reason": reason, "epoch": self.epoch})
+                self.skipped.append({"shard": tar, "key": key, "reason": reason})
         self.pipe = None
         self._runs = 0
         if not self.shards.remote:
