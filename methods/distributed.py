@@ -46,6 +46,16 @@ def any_across_processes(flag: bool, device=None) -> bool:
     return bool(t.item())
 
 
+def max_across_processes(values: list[int], device=None) -> list[int]:
+    """The element-wise maximum of ``values`` over the processes (a collective). One process:
+    ``values``."""
+    if rank_and_world()[1] == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def all_gather_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
     """Every process's ``x`` (same shape on all), in rank order, differentiable. One process (or
     no process group): ``[x]``."""

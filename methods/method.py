@@ -36,7 +36,7 @@ from torch import nn
 from ..pipeline.batch import ViewBatch
 from ..pipeline.recipe import apply_overrides
 from .backbones import backbone as make_image_backbone
-from .distributed import any_across_processes, rank_and_world
+from .distributed import max_across_processes, rank_and_world
 from .errors import MethodError
 
 
@@ -170,18 +170,30 @@ class Method(nn.Module):
     # -- helpers for subclasses ---------------------------------------------------------------
 
     def prepare(self, batch: ViewBatch) -> ViewBatch:
-        """Drop padding samples (``valid`` False). Under several processes a method that gathers
-        cannot: every process must contribute the same number of rows."""
+        """Drop invalid samples (padding, and repeats a stream rebuilt after a skip brought
+        again). Under several processes a method that gathers needs the same number of rows
+        from every process: padding is then an error, and after a skip's repeats every process
+        keeps as many valid rows as the process with fewest (the rest are not seen this epoch)."""
         if not isinstance(batch, ViewBatch):
             raise MethodError(f"method {self.name!r} takes a clvr.pipeline ViewBatch, got {type(batch).__name__}")
-        padded = not bool(batch.valid.all())
+        valid = int(batch.valid.sum())
+        padded = valid < len(batch)
         if self.gathers and rank_and_world()[1] > 1:
             # decided together: padding often sits on some processes only (the last batch of an
             # epoch under last_batch="pad"), and the others must not wait in a gather for them
-            if any_across_processes(padded, batch.valid.device):
+            padding = len(batch) - valid - batch.dropped
+            any_padding, fewest = max_across_processes([int(padding > 0), -valid], batch.valid.device)
+            if any_padding:
                 raise MethodError(f"method {self.name!r} gathers across processes, but step {batch.step} of "
                                   f"epoch {batch.epoch} holds padding samples on at least one process "
-                                  f"({int((~batch.valid).sum())} here); read with last_batch='drop'")
+                                  f"({padding} here); read with last_batch='drop'")
+            if -fewest < valid:
+                keep = batch.valid & (torch.cumsum(batch.valid.long(), 0) <= -fewest)
+                batch = batch.select(keep)
+                if len(batch) == 0:
+                    raise MethodError(f"method {self.name!r}: step {batch.step} of epoch {batch.epoch}: a process "
+                                      "has no valid sample left after a skip")
+                return batch
         if not padded:
             return batch
         batch = batch.select(batch.valid)

@@ -11,7 +11,9 @@ field         meaning
 ``names``     the name of each view, e.g. ``("view0", "view1")``
 ``index``     (B,) int64: the global sample index from the shards (memory-bank key)
 ``label``     (B,) int64: class id, -1 when unlabelled
-``valid``     (B,) bool: False for padding samples (``last_batch="pad"``)
+``valid``     (B,) bool: False for padding samples (``last_batch="pad"``), and for samples
+              that a stream rebuilt after a skip brought again in its epoch
+``dropped``   how many of the invalid samples are such repeats (not padding)
 ``extras``    dict of generator-specific tensors (jigsaw ``perm``, object ``mask``...)
 ``boxes``     list of (K_i, 4) float tensors ``[x, y, w, h]`` px, when the set has boxes
 ``box_classes``  list of (K_i,) int64 tensors, when the set has boxes
@@ -43,6 +45,7 @@ class ViewBatch:
     text: list | None = None
     epoch: int = 0
     step: int = 0
+    dropped: int = 0
 
     def __len__(self) -> int:
         return int(self.index.shape[0])

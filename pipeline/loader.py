@@ -502,8 +502,10 @@ class ViewLoader:
         valid = torch.arange(first, first + n) < self.part_size
         if "valid" in named:                # remote: skipped samples leave padding slots too
             valid &= torch.from_numpy(np.asarray(named["valid"].as_tensor()).reshape(-1) != 0)
+        dropped = 0
         if sources is not None:
-            valid = self._check_indices(index, valid, sources, epoch)
+            checked = self._check_indices(index, valid, sources, epoch)
+            dropped, valid = int((valid & ~checked).sum()), checked
         index, label, valid = index.to(dev), label.to(dev), valid.to(dev)
         host = {k.split(":", 1)[1]: _host_arrays(v) for k, v in named.items() if k.startswith("host:")}
         if host:
@@ -512,7 +514,7 @@ class ViewLoader:
             views = tuple(_dense(named[f"view:{i}"], dev) for i in range(len(self.view_names)))
         extras = {k.split(":", 1)[1]: _dense(v, dev) for k, v in named.items() if k.startswith("extra:")}
         batch = ViewBatch(views=views, names=tuple(self.view_names), index=index, label=label, valid=valid,
-                          kind=self.generator.name, extras=extras, epoch=epoch, step=step)
+                          kind=self.generator.name, extras=extras, epoch=epoch, step=step, dropped=dropped)
         if "boxes" in named:
             batch.boxes = [t.reshape(-1, 4) for t in _ragged(named["boxes"], dev)]
             batch.box_classes = [t.reshape(-1) for t in _ragged(named["box_classes"], dev)]

@@ -100,6 +100,22 @@ def instdisc_scenario(rank):
     return {"loss": out.loss.detach(), "bank": m.bank.bank.clone(), "log_z": m.log_z_value.clone()}
 
 
+def repeats_scenario(rank):
+    """SimCLR (gathers) after a skip: rank 1 holds a sample its rebuilt stream brought again
+    (invalid, counted in ``dropped``); every rank goes on with the same number of rows."""
+    m = build("simclr", **TINY_SIMCLR).eval()
+    valid = torch.ones(B, dtype=torch.bool)
+    dropped = 0
+    if rank == 1:
+        valid[2], dropped = False, 1
+    views = [v[rank_slice(rank)] for v in global_views(2)]
+    batch = batch_of(views, torch.arange(B) + rank * B, valid)
+    batch.dropped = dropped
+    kept = m.prepare(batch)
+    out = m(batch)
+    return {"rows": len(kept), "index": kept.index.tolist(), "loss": out.loss.detach()}
+
+
 def padded_scenario(rank, padded_ranks):
     """SimCLR and MoCo (both gather) on a batch with padding on ``padded_ranks``."""
     from clvr.methods import MethodError
@@ -133,6 +149,7 @@ def worker(rank, init, out):
         results["simclr"] = simclr_scenario(rank)
         results["moco"] = moco_scenario(rank)
         results["instdisc"] = instdisc_scenario(rank)
+        results["repeats"] = repeats_scenario(rank)
         results["padded_everywhere"] = padded_scenario(rank, padded_ranks=(0, 1))
         # last: if only one rank raises, the other is left alone in a collective
         results["padded_on_rank_1"] = padded_scenario(rank, padded_ranks=(1,))
@@ -248,6 +265,14 @@ def test_instdisc_bank_and_log_z_follow_every_process(ranks):
         assert torch.allclose(a["bank"][idx], F.normalize(0.5 * bank0[idx] + 0.5 * feats[r], dim=1),
                               atol=1e-12, rtol=0)
     assert torch.equal(a["bank"][~touched], bank0[~touched])
+
+
+def test_a_skips_repeat_on_one_rank_leaves_every_rank_the_same_number_of_rows(ranks):
+    rows = [res["repeats"]["rows"] for res in ranks]
+    assert rows == [B - 1] * WORLD
+    assert ranks[0]["repeats"]["index"] == list(range(B - 1))                   # the first valid rows
+    assert ranks[1]["repeats"]["index"] == [i + B for i in range(B) if i != 2]  # the repeat left out
+    assert all(torch.isfinite(res["repeats"]["loss"]) for res in ranks)
 
 
 def test_padding_on_every_rank_raises_method_error_on_every_rank(ranks):
