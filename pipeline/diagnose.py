@@ -105,7 +105,7 @@ def size_problem(sizes: dict[str, int]) -> str | None:
 def content_problem(data, exts: set[str], fields: list[str], quick: bool = False) -> str | None:
     """An image or video (of the ones ``fields`` asks for) that cannot be decoded;
     ``data(ext)`` gives a component's bytes. ``quick``: PIL only (no DALI decode, no video)."""
-    image_ext = next((e for e in sorted(exts) if e.lower() in (*F.IMAGE_EXTS, "jpeg")), None)
+    image_ext = next((e for e in sorted(exts) if e.lower() in F.READ_IMAGE_EXTS), None)
     if "image" in fields and image_ext:
         problem = _check_image(data(image_ext), dali=not quick)
         if problem:

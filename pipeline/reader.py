@@ -34,7 +34,7 @@ READER_NAME = "Reader"
 FIELDS = {
     "index": (F.INDEX_EXT, types.INT64),
     "label": (F.LABEL_EXT, types.INT64),
-    "image": (";".join((*F.IMAGE_EXTS, "jpeg")), types.UINT8),
+    "image": (";".join(F.READ_IMAGE_EXTS), types.UINT8),
     "video": (";".join(F.VIDEO_EXTS), types.UINT8),
     "boxes": (F.BOXES_EXT, types.FLOAT),
     "box_classes": (F.BOXCLS_EXT, types.INT64),

@@ -57,18 +57,21 @@ from .dali_index import (IndexedComponent, IndexFileError, check_against_tar, ch
 from .errors import ShardError
 from .fileio import sha256_file, write_atomic
 from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, FORMAT_NAME, FORMAT_VERSION, IMAGE_EXTS, INDEX_EXT,
-                     LABEL_EXT, META_EXT, TEXT_EXT, UNLABELLED, VIDEO_EXTS, json_bytes, split_member_name)
+                     LABEL_EXT, META_EXT, READ_IMAGE_EXTS, TEXT_EXT, UNLABELLED, VIDEO_EXTS, json_bytes,
+                     split_member_name)
 from .manifest import MANIFEST_NAME, read_manifest, write_json_atomic
 from .sizes import bucket
 
 #: image extensions other tools write beside clvr's (DALI decodes by content); matched in any case
-FOREIGN_IMAGE_EXTS = (*IMAGE_EXTS, "jpeg")
+FOREIGN_IMAGE_EXTS = READ_IMAGE_EXTS
+#: images that webdataset decodes (through PIL) but DALI does not: such samples are skipped, by name
+UNREAD_IMAGE_EXTS = ("gif", "blp", "dib", "ico", "icns", "tga", "psd", "eps", "pcx", "sgi", "im")
 MEDIA_EXTS = (*FOREIGN_IMAGE_EXTS, *VIDEO_EXTS)
 #: components that hold a sample's label as text (an integer id or a class name), in the order tried
 LABEL_EXTS = (CLS_EXT, "cls2", "label", "class")
 #: fields of a ``.json`` member tried for the label when no label component exists
 JSON_LABEL_FIELDS = ("label", "cls", "class", "class_id", "class_name")
-KNOWN_EXTS = {*MEDIA_EXTS, INDEX_EXT, LABEL_EXT, *LABEL_EXTS, BOXES_EXT, BOXCLS_EXT,
+KNOWN_EXTS = {*MEDIA_EXTS, *UNREAD_IMAGE_EXTS, INDEX_EXT, LABEL_EXT, *LABEL_EXTS, BOXES_EXT, BOXCLS_EXT,
               TEXT_EXT, META_EXT, "url.txt", "key", "caption"}
 KIND = "foreign"
 SAMPLES_SUFFIX = ".samples.json"
@@ -89,20 +92,26 @@ class IndexResult:
     dotted: list = field(default_factory=list)           # member names keyed up to a known extension
     encoded: list = field(default_factory=list)          # member names percent-encoded in the index
     label_hint: str | None = None
+    label_ids: set = field(default_factory=set)          # the class ids that samples carry
 
     def summary(self) -> str:
         lines = [f"indexed {self.samples:,} samples in {self.shards} shard(s); manifest {self.out / MANIFEST_NAME}"]
         if self.classes:
-            lines.append(f"  {len(self.classes)} classes, labels from {_label_source_text(self.label_source)}")
+            ids = sorted(self.label_ids)
+            sparse = f" (ids {', '.join(map(str, ids[:6]))}{' ...' if len(ids) > 6 else ''} of {len(self.classes)})" \
+                if len(ids) < len(self.classes) else ""
+            lines.append(f"  {len(ids)} classes{sparse}, labels from {_label_source_text(self.label_source)}")
         elif self.label_hint:
             lines.append(f"  no labels: {self.label_hint}")
         if self.unlabelled:
             lines.append(f"  WARNING: {len(self.unlabelled)} of {self.samples:,} sample(s) have no label "
                          f"(label -1, left out of evaluation; listed in the manifest's 'unlabelled'): "
                          + _first_keys(self.unlabelled))
-        if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} sample(s) without an image or video: "
-                         + _first_keys(self.skipped))
+        for what, records in (("without an image or video", [s for s in self.skipped if s["reason"].startswith("no ")]),
+                              ("with an image DALI cannot decode", [s for s in self.skipped
+                                                                    if not s["reason"].startswith("no ")])):
+            if records:
+                lines.append(f"  skipped {len(records)} sample(s) {what}: " + _first_keys(records))
         if self.dotted:
             lines.append(f"  {len(self.dotted)} sample(s) with dots in the file name, keyed up to the extension "
                          f"(e.g. {self.dotted[0]!r}; webdataset's rule would cut the key at the first dot)")
@@ -181,7 +190,7 @@ def _known_suffix(ext: str) -> str | None:
     return None
 
 
-def _read_members(tar: Path, wanted) -> list[Member]:
+def read_members(tar: Path, wanted) -> list[Member]:
     try:
         tf = tarfile.open(tar, "r:")
     except (tarfile.TarError, OSError) as e:
@@ -330,7 +339,7 @@ def choose_label_source(samples: list[tuple[Path, ForeignSample]], label_key: st
     return None, "no .cls/.cls2/.label/.class member (name another with --label-key EXT or json:FIELD)"
 
 
-def _raw_label(tar: Path, sample: ForeignSample, source: str):
+def raw_label(tar: Path, sample: ForeignSample, source: str):
     where = f"{tar}: key {sample.key}"
     if source.startswith("json:"):
         obj = _json_of(sample, where)
@@ -411,6 +420,8 @@ def read_samples_file(path) -> dict:
     if not isinstance(data, dict) or data.get("format") != SAMPLES_FORMAT or not isinstance(data.get("keys"), list):
         raise ShardError(f"{path}: not a side file of clvr shard index; re-run clvr shard index")
     labels = data.get("labels")
+    if labels is not None and not isinstance(labels, list):
+        raise ShardError(f"{path}: 'labels' is not a list; re-run clvr shard index")
     if labels is not None and len(labels) != len(data["keys"]):
         raise ShardError(f"{path}: {len(data['keys'])} keys but {len(labels)} labels; re-run clvr shard index")
     return data
@@ -447,13 +458,16 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
     sizes, components, undecodable = Counter(), Counter(), []
     try:
         for tar in tars:
-            samples = group_members(tar, _read_members(tar, _wanted), result.unknown, result.dotted)
+            samples = group_members(tar, read_members(tar, _wanted), result.unknown, result.dotted)
             kept = []
             for s in samples:
                 exts = s.exts()
                 if not any(e in MEDIA_EXTS for e in exts):
-                    result.skipped.append({"shard": str(tar), "key": s.key, "reason": "no image or video (has: "
-                                           + ", ".join(sorted(exts.values())) + ")"})
+                    unread = [exts[e] for e in exts if e in UNREAD_IMAGE_EXTS]
+                    reason = (f"a .{unread[0]} image, which DALI cannot decode (re-shard with clvr shard images, "
+                              "which converts it)" if unread else
+                              "no image or video (has: " + ", ".join(sorted(exts.values())) + ")")
+                    result.skipped.append({"shard": str(tar), "key": s.key, "reason": reason})
                     continue
                 image = next((s.data(e) for e in FOREIGN_IMAGE_EXTS if e in exts), None)
                 if image is not None:
@@ -477,13 +491,14 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
                          "re-shard them with 'clvr shard images', which converts or rejects each")
     source, result.label_hint = choose_label_source(everything, label_key)
     if source is not None:
-        raw = [_raw_label(t, s, source) for t, s in everything]
+        raw = [raw_label(t, s, source) for t, s in everything]
         ids, classes = assign_labels(raw, [f"{t}: key {s.key}" for t, s in everything], reference)
     else:
         ids, classes = [UNLABELLED] * len(everything), None
     labelled = classes is not None
     if labelled:
         result.label_source, result.classes = source, classes["names"]
+        result.label_ids = {i for i in ids if i >= 0}
         result.unlabelled = [{"shard": str(t), "key": s.key} for (t, s), i in zip(everything, ids) if i < 0]
     elif source is not None:
         result.label_hint = f"{_label_source_text(source)} give no label"

@@ -39,6 +39,10 @@ TEXT_EXT = "txt"
 META_EXT = "json"
 
 IMAGE_EXTS = ("jpg", "png", "webp")
+#: every image extension the pipeline reads (DALI decodes them on the CPU and the GPU), in sets that
+#: clvr did not write; matched without regard to case (``.JPG``). GIF is not among them: DALI cannot
+#: decode it.
+READ_IMAGE_EXTS = (*IMAGE_EXTS, "jpeg", "bmp", "tif", "tiff", "jp2", "ppm", "pgm", "pbm", "pnm")
 VIDEO_EXTS = ("webm", "mkv", "mp4", "avi")
 UNLABELLED = -1
 PROPOSAL_CATEGORY = -1

@@ -90,7 +90,7 @@ def measure(shards: list[tuple[str, str]], limit: int = 64) -> SizeSummary | Non
     except ImportError:  # pragma: no cover - Pillow is a dependency of clvr shard
         return None
     from .dali_index import parse_index
-    from .format import IMAGE_EXTS
+    from .format import READ_IMAGE_EXTS
     counts: dict = {}
     seen = 0
     for tar, idx in shards:
@@ -98,7 +98,7 @@ def measure(shards: list[tuple[str, str]], limit: int = 64) -> SizeSummary | Non
             entries = parse_index(Path(idx).read_text(), idx)
             with open(tar, "rb") as f:
                 for comps in entries:
-                    comp = next((c for c in comps if c.ext in (*IMAGE_EXTS, "jpeg")), None)
+                    comp = next((c for c in comps if c.ext.lower() in READ_IMAGE_EXTS), None)
                     if comp is None:
                         continue
                     f.seek(comp.offset)

@@ -37,7 +37,7 @@ from .errors import Reject, ShardError
 from .fileio import sha256_file
 from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, IMAGE_EXTS, INDEX_EXT, LABEL_EXT, META_EXT, TEXT_EXT,
                      VIDEO_EXTS, decode_boxes, decode_int64, sample_key)
-from .foreign import (FOREIGN_IMAGE_EXTS, KIND as FOREIGN_KIND, LABEL_EXTS, MEDIA_EXTS, _raw_label, _read_members,
+from .foreign import (FOREIGN_IMAGE_EXTS, KIND as FOREIGN_KIND, LABEL_EXTS, MEDIA_EXTS, raw_label, read_members,
                       assign_labels, group_members, read_samples_file)
 from .images import ImageOptions, prepare_image
 from .manifest import MANIFEST_NAME, plain_name, read_manifest, shard_sets, structure_problems
@@ -229,7 +229,7 @@ def _first_index_difference(written, rebuilt, keys: list[str]) -> str:
 def _rebuild(tar: Path) -> tuple[list, list]:
     """What ``clvr shard index`` finds in ``tar`` now: its samples with an image or video
     (``ForeignSample``s, labels' bytes read) and their index entries."""
-    samples = group_members(tar, _read_members(tar, _label_member), Counter(), [])
+    samples = group_members(tar, read_members(tar, _label_member), Counter(), [])
     kept = [s for s in samples if any(e in MEDIA_EXTS for e in s.exts())]
     entries = [[IndexedComponent(ext, m.offset, m.size, m.name) for ext, m in s.members] for s in kept]
     # the index as written and parsed back (names with white space percent-encoded)
@@ -349,7 +349,7 @@ def verify_foreign(directory: Path, manifest: dict, sample: int | None = None, s
                 for x, lab in zip(kept, labels):
                     where = f"{tar.name}:{x.key}"
                     try:
-                        raw_labels.append(_raw_label(tar, x, label_source))
+                        raw_labels.append(raw_label(tar, x, label_source))
                     except ShardError as e:      # (names the tar and key)
                         problems.append(str(e))
                         raw_labels.append(None)

@@ -48,7 +48,8 @@ def write(out: Path, rows: list[dict], maxcount: int = 7, label_key: str | None 
         for i, row in enumerate(rows):
             colour = _colour(i)
             ext = row.get("ext", "png")
-            fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext.lower()]
+            fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tif": "TIFF",
+                   "tiff": "TIFF", "gif": "GIF"}[ext.lower()]
             sample = {"__key__": row["key"], ext: _image(colour, fmt)}
             if row.get("label") is not None and row.get("label_ext", "cls") != "json":
                 sample[row.get("label_ext", "cls")] = str(row["label"]).encode()
@@ -102,8 +103,13 @@ LAYOUTS = {
                                                label_ext="json", json_field="class_name")),
     "sparse class ids": (
         "3, 17, 42", lambda: _rows(21, lambda i: f"s{i:04d}", label=lambda i: (3, 17, 42)[i % 3])),
-    ".cls2 and .label components": (
-        "KEY.cls2 / KEY.label", lambda: _rows(16, lambda i: f"k{i:03d}", label_ext="cls2")),
+    ".cls2 components": (
+        "KEY.cls2", lambda: _rows(16, lambda i: f"k{i:03d}", label_ext="cls2")),
+    ".label components with class names": (
+        "KEY.label = tench", lambda: _rows(16, lambda i: f"k{i:03d}", label_ext="label",
+                                           label=lambda i: ("tench", "goldfish")[i % 2])),
+    "webp, bmp and tiff images": (
+        "KEY.webp / .bmp / .tif", lambda: _rows(15, lambda i: f"k{i:03d}", ext=lambda i: ("webp", "bmp", "tif")[i % 3])),
     "img2dataset (9-digit keys, .txt, .json without labels)": (
         "000000001.jpg + .txt + .json", lambda: _rows(20, lambda i: f"{i:09d}", label=lambda i: None, ext="jpg",
                                                      txt=lambda i: f"caption {i}",
