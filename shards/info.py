@@ -30,7 +30,12 @@ def describe(out) -> str:
             names = (m.get("classes") or {}).get("names")
             counts = ", ".join(f"{names[int(k)] if names and int(k) >= 0 else k}: {v}"
                                for k, v in m["label_counts"].items())
-            lines.append(f"      labels: {counts}")
+            source = f" (from {m['label_source']})" if m.get("label_source") else ""
+            lines.append(f"      labels{source}: {counts}")
+        unlabelled = m.get("unlabelled") or {}
+        if unlabelled.get("count"):
+            keys = ", ".join(f"{s['shard'].rsplit('/', 1)[-1]}:{s['key']}" for s in unlabelled["samples"][:5])
+            lines.append(f"      {unlabelled['count']} sample(s) without a label (-1, left out of evaluation): {keys}")
         lines.append("      components: " + ", ".join(f"{k} ({v})" for k, v in (m.get("components") or {}).items()))
         if m.get("stats"):
             lines.append("      " + ", ".join(f"{k} ({v})" for k, v in m["stats"].items()))
@@ -38,13 +43,17 @@ def describe(out) -> str:
             lines.append(f"      tars in {directory / m['tar_dir']} (indexed by clvr shard index)")
         skipped = (m.get("skipped") or {}).get("count")
         if skipped:
-            keys = ", ".join(f"{s['shard'].rsplit('/', 1)[-1]}:{s['key']}" for s in m["skipped"]["samples"][:5])
-            lines.append(f"      skipped {skipped} sample(s) without an image or video: {keys}")
+            listed = m["skipped"]["samples"]
+            keys = ", ".join(f"{s['shard'].rsplit('/', 1)[-1]}:{s['key']}" for s in listed[:5])
+            what = "without an image or video" if all(s["reason"].startswith("no ") for s in listed) else \
+                "(" + "; ".join(sorted({s["reason"] for s in listed})[:3]) + ")"
+            lines.append(f"      skipped {skipped} sample(s) {what}: {keys}")
         if m.get("unknown_extensions"):
             lines.append("      unknown extensions (never read): "
                          + ", ".join(f".{k} ({v})" for k, v in m["unknown_extensions"].items()))
     if root.get("classes"):
-        lines.append(f"  classes ({len(root['classes']['names'])}): " + ", ".join(root["classes"]["names"]))
+        names = root["classes"]["names"]
+        lines.append(f"  classes ({len(names)}): " + ", ".join(names[:30]) + (" ..." if len(names) > 30 else ""))
     if root.get("categories"):
         lines.append(f"  box categories ({len(root['categories'])}): "
                      + ", ".join(c["name"] for c in root["categories"]))

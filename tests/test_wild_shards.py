@@ -234,3 +234,25 @@ def test_an_epoch_with_a_skipped_sample_serves_no_sample_twice(clean, tmp_path):
     assert ld.repeats_dropped > 0 and len(first) + ld.repeats_dropped <= total
     later = epochs[1]
     assert len(later) == len(set(later)) and len(later) == (total - 1) // 8 * 8
+
+
+def test_info_says_where_labels_came_from_and_which_samples_have_none(clvr, tmp_path):
+    src = tmp_path / "some"
+    written = write_layout("a few samples without .cls", src)
+    assert clvr("shard", "index", src, "--no-progress").code == 0
+    info = clvr("shard", "info", src)
+    first = next(k for k in written.keys if written.labels[k] is None)
+    assert info.code == 0 and "labels (from cls): 0: 8, 1: 8, 2: 8, 3: 8" in info.out
+    assert f"8 sample(s) without a label (-1, left out of evaluation): shard-00000.tar:{first}" in info.out
+
+
+def test_an_image_dali_cannot_decode_is_skipped_by_name(clvr, tmp_path):
+    from clvr.shards.wild import write
+    src = tmp_path / "gif"
+    write(src, [{"key": f"k{i}", "ext": "gif" if i == 2 else "png", "label": i % 2} for i in range(6)], maxcount=10)
+    r = clvr("shard", "index", src, "--no-progress")
+    assert r.code == 0 and "indexed 5 samples" in r.out
+    assert "skipped 1 sample(s) with an image DALI cannot decode: shard-00000.tar:k2" in r.out
+    manifest = json.loads((src / "manifest.json").read_text())
+    assert manifest["skipped"]["samples"][0]["reason"].startswith("a .gif image, which DALI cannot decode")
+    assert sorted(read_epoch(src)) == list(range(5))
