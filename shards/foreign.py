@@ -75,6 +75,7 @@ KNOWN_EXTS = {*MEDIA_EXTS, *UNREAD_IMAGE_EXTS, INDEX_EXT, LABEL_EXT, *LABEL_EXTS
               TEXT_EXT, META_EXT, "url.txt", "key", "caption"}
 KIND = "foreign"
 SAMPLES_SUFFIX = ".samples.json"
+COMPRESSED = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 SAMPLES_FORMAT = "clvr-index-samples"
 _INT = re.compile(r"[+-]?\d+")
 
@@ -141,11 +142,17 @@ def find_tars(src) -> list[Path]:
     if len(paths) == 1 and paths[0].is_dir():
         tars = sorted(p for p in paths[0].iterdir() if p.suffix == ".tar" and p.is_file())
         if not tars:
+            packed = sorted(p.name for p in paths[0].iterdir() if p.name.endswith(COMPRESSED))
+            if packed:
+                raise ShardError(f"{paths[0]}: no .tar files to index, but {len(packed)} compressed tar(s) such as "
+                                 f"{packed[0]}: DALI reads uncompressed tars only (decompress them, e.g. gunzip)")
             raise ShardError(f"{paths[0]}: no .tar files to index")
         return tars
     for p in paths:
         if not p.is_file():
             raise ShardError(f"{p}: no such tar file")
+        if p.name.endswith(COMPRESSED):
+            raise ShardError(f"{p}: a compressed tar; DALI reads uncompressed tars only (decompress it, e.g. gunzip)")
         if p.suffix != ".tar":
             raise ShardError(f"{p}: not a .tar file (give tars or a folder of them)")
     return paths

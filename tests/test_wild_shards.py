@@ -166,6 +166,17 @@ def test_index_refuses_what_the_loader_would_refuse_naming_tar_and_key(clvr, tmp
     assert r.code == 2 and "a.tar: key 'x/y' has two .jpg members" in r.err
 
 
+def test_compressed_tars_are_named_with_the_fix(clvr, tmp_path):
+    import gzip
+    src = tmp_path / "gz"
+    write_layout("class folders in the key", src)
+    for tar in src.glob("*.tar"):
+        (src / (tar.name + ".gz")).write_bytes(gzip.compress(tar.read_bytes()))
+        tar.unlink()
+    r = clvr("shard", "index", src, "--no-progress")
+    assert r.code == 2 and "compressed tar(s) such as shard-00000.tar.gz: DALI reads uncompressed tars only" in r.err
+
+
 def test_two_ranks_partition_a_foreign_set_with_class_folders(clvr, tmp_path):
     from clvr.pipeline import ViewLoader
     src = tmp_path / "folders"
