@@ -28,6 +28,11 @@ every rank. ``last_batch`` says what happens to the samples that do not fill a l
 Breaking out of an epoch early is allowed: the next ``iter`` finishes (drains) the abandoned
 epoch's stream first, so epoch ``e`` always reads epoch ``e``'s samples.
 
+Every global index served is checked: out of the set's range, or served twice in one epoch (two
+samples with one ``index.i64``), is an error naming tar and key. A set indexed by ``clvr shard
+index`` has no ``index.i64``: a sample's global index and label come from the tar and byte
+offset DALI reports for it (its source info), looked up in the index and side files.
+
 Remote shards (URLs, see :mod:`.remote` and docs/remote.md) keep the same contract; their parts
 come from the manifest's counts, and a sample skipped under ``on_error="skip"`` leaves an
 invalid (``valid == False``) slot at the end of its part instead of shrinking it.
@@ -118,8 +123,9 @@ class ViewLoader:
             and the epoch contract are those of the subset (each epoch covers it once with
             ``last_batch="pad"``). ``batch.index`` stays the global index. The indices are read
             from the sample keys, which ``clvr shard`` writes as the global index in nine digits
-            (:func:`clvr.shards.format.sample_key`); other keys, indices that are not in the
-            set, an empty selection and remote (URL) shards are errors. Samples left out this
+            (:func:`clvr.shards.format.sample_key`), or for a set of ``clvr shard index`` from the
+            manifest's order; other keys, indices that are not in the set, an empty selection
+            and remote (URL) shards are errors. Samples left out this
             way are not counted in ``skipped``; shards with no selected sample are not opened
             (and leave ``loader.shards``).
     """
