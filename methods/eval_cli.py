@@ -40,6 +40,9 @@ def build_parser(sub) -> None:
     p.add_argument("--no-baselines", action="store_true", help="score the encoder alone (no random init, "
                    "no supervised training)")
     p.add_argument("--no-plots", action="store_true", help="write no figures")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="an unreadable sample: stop (raise, default) or skip it; each skipped sample is "
+                        "printed and listed in results.json (skipped_samples)")
     p.add_argument("--print-config", action="store_true", help="print the resolved eval config and exit")
 
     p = sub.add_parser("demo", help="the whole job on embedded handwritten digits: shard, pre-train, evaluate",
@@ -95,7 +98,7 @@ def _eval(args) -> int:
         transfer = (args.train, args.val)
     out = args.out or default_out(args.encoder)
     return evaluate_and_print(args.encoder, args.train, args.val, out, config, [args.protocol],
-                              transfer=transfer, source=args.source, prog="clvr eval")
+                              transfer=transfer, source=args.source, prog="clvr eval", on_error=args.on_error)
 
 
 def default_out(encoder: Path) -> Path:
@@ -108,7 +111,7 @@ def default_out(encoder: Path) -> Path:
 
 
 def evaluate_and_print(encoder, train, val, out, config, protocols, transfer=None, source=None,
-                       prog: str = "clvr eval") -> int:
+                       prog: str = "clvr eval", on_error: str = "raise") -> int:
     from ..pipeline.errors import PipelineError
     from .checkpoint import CheckpointError
     from .errors import MethodError
@@ -116,7 +119,9 @@ def evaluate_and_print(encoder, train, val, out, config, protocols, transfer=Non
     from .export import EncoderFileError
     from .report import text_table, write_plots
     try:
-        ev = Evaluation(encoder, train, val, out, config, transfer=transfer, source=source)
+        ev = Evaluation(encoder, train, val, out, config, transfer=transfer, source=source, on_error=on_error)
+        for note in ev.class_notes.values():          # before the (long) protocols
+            print(f"{prog}: note: {note}", file=sys.stderr)
         ev.run(protocols)
         if config.plots:
             write_plots(ev)
@@ -124,6 +129,13 @@ def evaluate_and_print(encoder, train, val, out, config, protocols, transfer=Non
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(text_table(ev.results))
+    if len(ev.skipped_said) > ev.skipped_shown:
+        print(f"{prog}: ... and {len(ev.skipped_said) - ev.skipped_shown} more skipped sample(s), listed in "
+              "results.json", file=sys.stderr)
+    class_notes = set(ev.class_notes.values())
+    for note in ev.results.get("notes") or ev.notes():
+        if note not in class_notes:
+            print(f"{prog}: note: {note}", file=sys.stderr)
     skipped = ev.results.get("skipped") or {}
     for what, why in skipped.items():
         print(f"not run or drawn: {what}: {why}", file=sys.stderr)

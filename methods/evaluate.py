@@ -82,6 +82,66 @@ def data_fingerprint(shards) -> str:
     return _sha(rows)[:16]
 
 
+def present_class_ids(shards) -> set[int]:
+    """The class ids a shard set has samples of: its manifest's ``label_counts`` when the set is
+    the manifest's whole set, else every id its classes name."""
+    m = shards.manifest or {}
+    counts = m.get("label_counts")
+    whole = (m.get("totals") or {}).get("samples") == shards.num_samples
+    if isinstance(counts, dict) and whole:
+        try:
+            return {int(k) for k, v in counts.items() if int(v) > 0}
+        except (TypeError, ValueError):
+            pass
+    return set(range(len(shards.classes or [])))
+
+
+def ids_text(ids, names, limit: int = 8) -> str:
+    """``3, 17 (dog), 42`` for class ids (with their names where a name is not the id itself)."""
+    ids = list(ids)
+    parts = []
+    for i in ids[:limit]:
+        name = names[i] if 0 <= i < len(names) else None
+        parts.append(str(i) if name is None or str(name) == str(i) else f"{i} ({name})")
+    return ", ".join(parts) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def compare_classes(a, b, sides=(("train", "--train"), ("val", "--val")), specs=None) -> dict:
+    """Compare the classes of two labelled shard sets ``a`` (trained on) and ``b`` (scored).
+
+    Returns ``{"renumbered": [(id, name in a, name in b), ...], "only_a": [ids], "only_b": [ids],
+    "error": message or None, "note": message or None}``:
+
+    - the same id named differently in the two manifests' ``classes["names"]`` (lists of
+      different lengths are fine as long as the ids they share have the same names): an error;
+    - ``b`` has samples of classes ``a`` has none of: an error naming those ids;
+    - ``a`` has samples of classes ``b`` lacks: allowed, a note naming them.
+    """
+    (la, fa), (lb, fb) = sides
+    sa, sb = specs or (a.spec, b.spec)
+    na, nb = list(a.classes or []), list(b.classes or [])
+    renumbered = [(i, na[i], nb[i]) for i in range(min(len(na), len(nb))) if str(na[i]) != str(nb[i])]
+    pa, pb = present_class_ids(a), present_class_ids(b)
+    only_a, only_b = sorted(pa - pb), sorted(pb - pa)
+    names = nb if len(nb) > len(na) else na
+    error = note = None
+    if renumbered:
+        first = "; ".join(f"id {i} is {x!r} in {la} but {y!r} in {lb}" for i, x, y in renumbered[:5])
+        more = f" ({len(renumbered)} ids differ)" if len(renumbered) > 5 else ""
+        error = (f"{fa} {sa} and {fb} {sb} do not number the same classes with the same ids: {first}{more}. "
+                 f"Label both with one numbering: for foreign WebDataset sets, index the {lb} set with the "
+                 f"{la} set's ids (clvr shard index {sb} --classes-from {sa}); clvr's own shard sets: shard "
+                 "both with the same classes")
+    elif only_b:
+        error = (f"{lb} has classes {ids_text(only_b, names)} that {la} lacks ({fb} {sb} has samples of "
+                 f"them, {fa} {sa} none), so they could never be predicted; give a {la} set with samples of "
+                 f"every class of {lb}, or leave those samples out of {fb}")
+    if only_a and error is None:
+        note = (f"{la} has classes {ids_text(only_a, names)} that {lb} lacks ({fa} {sa} has samples of them, "
+                f"{fb} {sb} none): they can be predicted but are never scored")
+    return {"renumbered": renumbered, "only_a": only_a, "only_b": only_b, "error": error, "note": note}
+
+
 class Evaluation:
     """Evaluate one encoder on labelled shards; results accumulate in :attr:`results`.
 
@@ -94,14 +154,33 @@ class Evaluation:
         transfer: ``(train, val)`` of another labelled shard set, for the transfer protocol.
         source: labelled shards the supervised baseline of the transfer protocol is trained on
             (default ``train`` when ``transfer`` is given).
+        on_error: ``raise`` (default) or ``skip``: the loaders of feature extraction, fine-tuning
+            and scoring skip unreadable samples; each is printed on stderr once and listed in
+            ``results.json`` (``skipped_samples``).
+
+    Samples without a label (label -1, e.g. those a foreign set's ``clvr shard index`` listed as
+    ``unlabelled``) are never trained on nor scored: they are left out after feature extraction
+    (the cached features hold them), left out of the label subsets and of fine-tuning, and counted
+    per set (``data.SET.unlabelled_left_out`` and ``notes`` in ``results.json``).
     """
 
+    #: skipped samples printed one per line; beyond, only counted (all are in results.json)
+    SHOW_SKIPPED = 20
+
     def __init__(self, encoder, train, val, out, config: ecfg.EvalConfig | None = None,
-                 transfer: tuple | None = None, source=None):
+                 transfer: tuple | None = None, source=None, on_error: str = "raise"):
         from ..pipeline.source import resolve
         from .export import describe, export_encoder
 
         self.config = config or ecfg.EvalConfig()
+        if on_error not in ("raise", "skip"):
+            raise EvalError(f"on_error = {on_error!r}; choose one of raise, skip")
+        self.on_error = on_error
+        self.class_notes: dict[str, str] = {}      # "train/val" -> a note on classes one side lacks
+        self.left_out: dict[str, dict] = {}        # set key -> {"unlabelled", "samples"}
+        self.unlabelled_index: dict[str, set] = {} # set key -> global indices of samples without a label
+        self.skipped_shown = 0                     # skipped samples printed so far
+        self.skipped_said: set = set()             # (set, shard, key) met by this evaluation
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         spec = Path(encoder)
@@ -149,6 +228,8 @@ class Evaluation:
         self.cache = self.out / "cache"
         self.features_cache: dict = {}
         self.results = self._start_results()
+        self.results.setdefault("skipped_samples", [])
+        self.results["classes"] = {"notes": dict(self.class_notes)}
         self.timings: dict[str, float] = {}
 
     # -- set-up -------------------------------------------------------------------------------
@@ -169,11 +250,16 @@ class Evaluation:
         return None
 
     def _check_classes(self, a: str, b: str) -> None:
-        ca, cb = self.shards[a].classes, self.shards[b].classes
-        if list(ca) != list(cb):
-            raise EvalError(f"--{a.replace('_', '-')} {self.sets[a]} has classes {list(ca)[:5]}... but "
-                            f"--{b.replace('_', '-')} {self.sets[b]} has {list(cb)[:5]}...: both must be "
-                            "labelled with the same classes in the same order")
+        """The sets ``a`` (trained on) and ``b`` (scored) must number their classes alike, and
+        ``b`` must have no class ``a`` has no sample of; classes only ``a`` has are a note."""
+        name = {k: k.replace("_", "-") for k in (a, b)}
+        found = compare_classes(self.shards[a], self.shards[b],
+                                sides=((name[a], f"--{name[a]}"), (name[b], f"--{name[b]}")),
+                                specs=(self.sets[a], self.sets[b]))
+        if found["error"]:
+            raise EvalError(found["error"])
+        if found["note"]:
+            self.class_notes[f"{a}/{b}"] = found["note"]
 
     def num_classes(self, key: str = "train") -> int:
         return len(self.shards[key].classes)
@@ -234,12 +320,23 @@ class Evaluation:
     def _ft_kwargs(self) -> dict:
         c = self.config
         return dict(size=self.size, views=self.views, device=c.device, threads=c.threads or None,
-                    progress=c.progress, normalize=self.normalize)
+                    progress=c.progress, normalize=self.normalize, on_error=self.on_error)
+
+    def _finetune(self, encoder, data_key: str, num_classes: int, **kw) -> Classifier:
+        """:func:`.finetune.finetune` on the set ``data_key``; the samples its loader skipped are
+        reported, and so are rows without a label it met (left out of its loss)."""
+        report: dict = {}
+        model = finetune(encoder, self.sets[data_key], num_classes, report=report, **kw, **self._ft_kwargs())
+        self._note_skipped(data_key, report.get("skipped", []))
+        if report.get("unlabelled_rows"):
+            self.results.setdefault("finetune_unlabelled_rows", {})[kw.get("desc", "fine-tune")] = \
+                int(report["unlabelled_rows"])
+        return model
 
     def supervised(self, fraction: float = 1.0, data_key: str = "train") -> Classifier:
         """The architecture trained from scratch on ``fraction`` of ``data_key``'s labels, with
         the supervised settings; cached in ``OUT/cache/`` (by settings, data and subset)."""
-        samples = None if fraction >= 1 else self.subset(fraction, data_key)
+        samples = self.labelled_samples(data_key) if fraction >= 1 else self.subset(fraction, data_key)
         key = _sha({"arch": self.meta["architecture"], "data": self.fingerprints[data_key],
                     "cfg": asdict(self.config.supervised), "seed": self.config.seed, "size": self.size,
                     "normalize": self.normalize,
@@ -249,9 +346,9 @@ class Evaluation:
         if path.is_file():
             model.load_state_dict(torch.load(path, map_location=self._device(), weights_only=True))
             return model.eval()
-        model = finetune(model.encoder, self.sets[data_key], self.num_classes(data_key),
-                         config=self.config.supervised, samples=samples, fraction=fraction,
-                         desc=f"supervised from scratch, {pct(fraction)} of the labels", **self._ft_kwargs())
+        model = self._finetune(model.encoder, data_key, self.num_classes(data_key),
+                               config=self.config.supervised, samples=samples, fraction=fraction,
+                               desc=f"supervised from scratch, {pct(fraction)} of the labels")
         self._save(path, model.state_dict())
         return model
 
@@ -294,11 +391,84 @@ class Evaluation:
         c = self.config
         return eval_loader(self.sets[key], batch_size=c.batch_size, views=self.views, size=self.size,
                            device=c.device, center_crop=c.center_crop or None, normalize=self.normalize,
-                           num_threads=c.threads or None, torch_device=self._device())
+                           num_threads=c.threads or None, torch_device=self._device(), on_error=self.on_error)
+
+    # -- samples without a label, samples skipped ---------------------------------------------
+
+    def _labelled(self, key: str, labels: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask of the rows of set ``key`` that have a label (>= 0); the count of those left
+        out is recorded (``results.json``: ``data.KEY.unlabelled_left_out``)."""
+        keep = labels >= 0
+        total, unlabelled = int(labels.numel()), int((~keep).sum())
+        if total and unlabelled == total:
+            raise EvalError(f"--{key.replace('_', '-')} {self.sets[key]}: none of its {total} samples has a label "
+                            "(all are -1); evaluation needs labelled samples")
+        self.left_out[key] = {"unlabelled": unlabelled, "samples": total}
+        if index is not None:
+            self.unlabelled_index[key] = set(index[~keep].tolist())
+        entry = self.results.get("data", {}).get(key)
+        if isinstance(entry, dict):
+            entry["unlabelled_left_out"] = unlabelled
+            entry["labelled_samples"] = total - unlabelled
+        return keep
+
+    def labelled_samples(self, key: str = "train"):
+        """The global indices of the labelled samples of ``key`` when some of its samples have no
+        label (so fine-tuning on "all the labels" reads only those), else None (every sample)."""
+        m = self.shards[key].manifest or {}
+        unlabelled = m.get("unlabelled")
+        if not (isinstance(unlabelled, dict) and int(unlabelled.get("count") or 0) > 0):
+            return None
+        _, _, index = self.features("learned", key)
+        return index
+
+    def _note_skipped(self, key: str, entries) -> None:
+        """Record the samples a loader of set ``key`` skipped (``on_error = skip``): each once in
+        ``results.json`` (``skipped_samples``) and, up to ``SHOW_SKIPPED``, on stderr."""
+        known = {(e.get("set"), e.get("shard"), e.get("key")) for e in self.results["skipped_samples"]}
+        for e in entries:
+            row = {"set": key, "shard": str(e.get("shard")), "key": e.get("key"), "reason": e.get("reason")}
+            where = (row["set"], row["shard"], row["key"])
+            if where not in known:              # (results of an earlier run into OUT may list it)
+                known.add(where)
+                self.results["skipped_samples"].append(row)
+            if where in self.skipped_said:
+                continue
+            self.skipped_said.add(where)
+            if self.skipped_shown < self.SHOW_SKIPPED:
+                self.skipped_shown += 1
+                print(f"clvr eval: skipped a sample of --{key.replace('_', '-')}: {row['shard']}: key {row['key']}: "
+                      f"{row['reason']}", file=sys.stderr)
+
+    def notes(self) -> list[str]:
+        """What the report says besides the scores: classes a set lacks, samples without a label
+        left out, samples skipped."""
+        out = list(self.class_notes.values())
+        for key, n in self.left_out.items():
+            if n["unlabelled"]:
+                out.append(f"{key.replace('_', '-')}: {n['unlabelled']} of {n['samples']} samples have no label "
+                           "(-1) and are left out")
+        for desc, n in (self.results.get("finetune_unlabelled_rows") or {}).items():
+            out.append(f"{desc}: {n} rows without a label (-1) were left out of the loss")
+        skipped = self.results.get("skipped_samples") or []
+        if skipped:
+            by_set: dict[str, int] = {}
+            for e in skipped:
+                by_set[e["set"]] = by_set.get(e["set"], 0) + 1
+            out.append(f"{len(skipped)} sample(s) skipped as unreadable (on_error = skip): "
+                       + ", ".join(f"{k.replace('_', '-')}: {v}" for k, v in by_set.items())
+                       + "; listed under skipped_samples in results.json")
+        return out
+
+    # -- features -----------------------------------------------------------------------------
 
     def features(self, which: str, key: str):
-        """``(features, labels, index)`` of every sample of the shard set ``key`` under the
-        encoder ``which``, extracted once through the eval view and cached in ``OUT/cache/``."""
+        """``(features, labels, index)`` of every labelled sample of the shard set ``key`` under
+        the encoder ``which``, extracted once through the eval view and cached in ``OUT/cache/``.
+
+        The extraction (and its cache) holds every sample read; samples without a label (-1) are
+        left out of what is returned, and counted (:meth:`_labelled`). Samples the loader skipped
+        (``on_error = skip``) are reported, also when the features come from the cache."""
         from .features import extract_features
         c = self.config
         ident = {"encoder": self._encoder_identity(which), "data": self.fingerprints[key], "size": self.size,
@@ -307,22 +477,31 @@ class Evaluation:
         if (which, key, digest) in self.features_cache:
             return self.features_cache[(which, key, digest)]
         path = self.cache / f"features-{which}-{key}-{digest}.pt"
+        skipped_path = self.cache / f"skipped-{which}-{key}-{digest}.json"
         if path.is_file():
             f, lab, idx = torch.load(path, weights_only=True)
+            skipped = json.loads(skipped_path.read_text()) if skipped_path.is_file() else []
         else:
             t = time.perf_counter()
             loader = self.eval_loader(key)
             try:
                 f, lab, idx = extract_features(self.encoder(which), loader)
+                skipped = [{k: (str(v) if k == "shard" else v) for k, v in e.items()} for e in loader.skipped]
             finally:
                 loader.close()
             self.timings[f"features {which} {key}"] = time.perf_counter() - t
-            if bool((lab < 0).any()):
-                raise EvalError(f"{self.sets[key]}: {int((lab < 0).sum())} samples have no label; "
-                                "evaluation needs every sample labelled")
+            if skipped:
+                from ..shards.fileio import write_atomic
+                skipped_path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(skipped_path, (json.dumps(skipped, indent=1) + "\n").encode())
+            elif skipped_path.is_file():
+                skipped_path.unlink()
             self._save(path, (f, lab, idx))
-        self.features_cache[(which, key, digest)] = (f, lab, idx)
-        return f, lab, idx
+        self._note_skipped(key, skipped)
+        keep = self._labelled(key, lab, idx)
+        out = (f[keep], lab[keep], idx[keep])
+        self.features_cache[(which, key, digest)] = out
+        return out
 
     # -- label subsets ------------------------------------------------------------------------
 
@@ -336,13 +515,20 @@ class Evaluation:
         if not path.is_file():
             _, labels, index = self.features("learned", key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_subset(path, index.numpy(), labels.numpy(), fraction, c.subset_seed)
+            write_subset(path, index.numpy(), labels.numpy(), fraction, c.subset_seed,
+                         unlabelled_left_out=self.left_out.get(key, {}).get("unlabelled", 0))
         chosen = read_subset(path)
         declared = json.loads(path.read_text()).get("fraction")
         if declared is not None and abs(float(declared) - fraction) > 1e-9:
             raise EvalError(f"{path}: a subset of {declared} of the labels, not {fraction}; move it away")
         _, _, index = self.features("learned", key)
         unknown = sorted(set(chosen.tolist()) - set(index.tolist()))
+        no_label = [i for i in unknown if i in self.unlabelled_index.get(key, set())]
+        if no_label:
+            raise EvalError(f"{path}: {len(no_label)} of its sample indices ({', '.join(map(str, no_label[:5]))}"
+                            f"{', ...' if len(no_label) > 5 else ''}) are samples of {self.sets[key]} without a "
+                            "label (-1); a label subset draws from labelled samples only: move it away to draw a "
+                            "new one")
         if unknown:
             raise EvalError(f"{path}: {len(unknown)} of its sample indices ({', '.join(map(str, unknown[:5]))}"
                             f"{', ...' if len(unknown) > 5 else ''}) are not in {self.sets[key]}: a subset of "
@@ -426,9 +612,11 @@ class Evaluation:
         loader = self.eval_loader(key)
         try:
             scores, labels = predict(model, loader)
+            self._note_skipped(key, loader.skipped)
         finally:
             loader.close()
-        return topk_accuracy(scores, labels)
+        keep = self._labelled(key, labels)
+        return topk_accuracy(scores[keep], labels[keep])
 
     def semi(self) -> dict:
         c = self.config
@@ -441,9 +629,9 @@ class Evaluation:
             if "random_init" in c.baselines:
                 starts.append(("random_init", self.random_init))
             for which, make in starts:      # raw pixels have nothing to fine-tune: see linear
-                model = finetune(make(), self.sets["train"], self.num_classes(), config=c.finetune,
-                                 samples=samples, fraction=fraction,
-                                 desc=f"fine-tune {which}, {pct(fraction)} of the labels", **self._ft_kwargs())
+                model = self._finetune(make(), "train", self.num_classes(), config=c.finetune,
+                                       samples=samples, fraction=fraction,
+                                       desc=f"fine-tune {which}, {pct(fraction)} of the labels")
                 row[which] = self._accuracy(model, "val")
             if "supervised" in c.baselines:
                 row["supervised"] = self.supervised_from_scratch(fraction)
@@ -460,9 +648,14 @@ class Evaluation:
         acc = self._accuracy(self.supervised(fraction), "val")
         self.results["supervised_from_scratch"][key] = {
             **acc, "labelled_samples": int(len(self.subset(fraction))) if fraction < 1
-            else int(self.shards["train"].num_samples or 0),
+            else self._labelled_count("train"),
             "epochs": epochs_for(self.config.supervised, fraction)}
         return acc
+
+    def _labelled_count(self, key: str) -> int:
+        """Samples of ``key`` with a label: all of them unless its manifest lists unlabelled ones."""
+        labelled = self.labelled_samples(key)
+        return int(self.shards[key].num_samples or 0) if labelled is None else int(len(labelled))
 
     def transfer(self) -> dict:
         from .linear_probe import logistic_regression, standardize
@@ -491,18 +684,22 @@ class Evaluation:
             for key in ("transfer_train", "transfer_val"):
                 loader = self.eval_loader(key)
                 try:
-                    feats[key] = extract_features(enc, loader)
+                    f, lab, idx = extract_features(enc, loader)
+                    self._note_skipped(key, loader.skipped)
                 finally:
                     loader.close()
-            (f, lab, _), (vf, vlab, _) = feats["transfer_train"], feats["transfer_val"]
+                keep = self._labelled(key, lab)
+                feats[key] = (f[keep], lab[keep], idx[keep])
+            (f, lab, index), (vf, vlab, _) = feats["transfer_train"], feats["transfer_val"]
             if c.linear.standardize:
                 f, vf = standardize(f, vf)
             out["linear"][which] = logistic_regression(f, lab, vf, vlab, C=c.linear.logistic_C,
                                                        max_iter=c.linear.logistic_max_iter)
             if which == "raw_pixels":
                 continue                 # nothing to fine-tune
-            model = finetune(enc, self.sets["transfer_train"], n, config=c.finetune, fraction=1.0,
-                             desc=f"transfer: fine-tune {which}", **self._ft_kwargs())
+            samples = index if self.left_out["transfer_train"]["unlabelled"] else None
+            model = self._finetune(enc, "transfer_train", n, config=c.finetune, fraction=1.0, samples=samples,
+                                   desc=f"transfer: fine-tune {which}")
             out["finetune"][which] = self._accuracy(model, "transfer_val")
         return out
 

@@ -14,7 +14,9 @@ configured batch size: a label subset smaller than one batch is trained on whole
 made by the pipeline with random resized crops and horizontal flips (SimCLR's fine-tuning
 augmentation). A label subset is read by global sample index (``samples=``), so the other
 samples are never decoded. The last batch of an epoch is padded and the padding masked out of
-the loss, so every labelled sample counts once per epoch however small the subset.
+the loss, so every labelled sample counts once per epoch however small the subset. Rows without a
+label (label -1) are masked out of the loss too, and counted (``report``): give ``samples=`` the
+labelled ones to keep them out of the batches altogether.
 
 Accuracy is measured by :func:`predict` through the deterministic evaluation view.
 """
@@ -90,7 +92,8 @@ def train_recipe(c: FinetuneConfig, size: int, normalize: dict | None = None) ->
 def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: FinetuneConfig | None = None,
              samples=None, fraction: float = 1.0, views: str = "two_view", device: str = "auto",
              torch_device=None, threads: int | None = None, progress: bool = False,
-             desc: str = "fine-tune", normalize: dict | None = None) -> Classifier:
+             desc: str = "fine-tune", normalize: dict | None = None, on_error: str = "raise",
+             report: dict | None = None) -> Classifier:
     """Train ``encoder`` (in place) and a new linear layer on the labelled shards ``data``.
 
     Args:
@@ -107,6 +110,10 @@ def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: F
         threads: pipeline threads.
         progress: show a progress bar.
         normalize: the encoder's input normalisation (its sidecar's mean and std).
+        on_error: ``raise`` or ``skip`` unreadable samples (the loader's ``on_error``).
+        report: a dict filled with what the caller should report: ``skipped`` (the samples the
+            loader skipped: ``{"shard", "key", "reason"}``), ``unlabelled_rows`` (rows without a
+            label met, left out of the loss) and ``repeats_dropped``.
 
     Returns:
         the trained :class:`Classifier`, in eval mode.
@@ -129,7 +136,7 @@ def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: F
     batch = min(c.batch_size, n)
     loader = ViewLoader(data, views, recipe=train_recipe(c, size, normalize), batch_size=batch, shuffle=True,
                         seed=c.seed, last_batch="pad", samples=samples, view_options=view_options,
-                        device=device, num_threads=threads, torch_device=dev)
+                        device=device, num_threads=threads, torch_device=dev, on_error=on_error)
     steps_per_epoch = len(loader)
     steps = max(epochs_for(c, fraction) * steps_per_epoch, c.min_steps)
     decay, no_decay = [], []
@@ -144,9 +151,10 @@ def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: F
         from tqdm import tqdm
         bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True, leave=False)
     model.train()
-    step = 0
+    step = unlabelled = 0
     try:
         while step < steps:
+            before = step
             for b in loader:
                 if step >= steps:
                     break
@@ -155,8 +163,10 @@ def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: F
                 if x.dim() == 6:                          # (B, clips, T, 3, H, W)
                     x = x[:, 0]
                 labels = b.label.to(dev).long()
-                if bool((labels[keep] < 0).any()):
-                    raise ValueError(f"{data}: samples without a label (label < 0) cannot be fine-tuned on")
+                unlabelled += int((keep & (labels < 0)).sum())
+                keep = keep & (labels >= 0)               # no label (-1): not in the loss
+                if not bool(keep.any()):
+                    continue
                 loss = masked_cross_entropy(model(x.to(dev)), labels, keep)
                 if not math.isfinite(float(loss.detach())):
                     raise ValueError(f"{desc}: the loss became {float(loss)} at step {step}; lower the lr")
@@ -168,9 +178,21 @@ def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: F
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if step == before:
+                raise ValueError(f"{data}: a whole epoch without a labelled sample (all {unlabelled} rows read "
+                                 "have label -1): nothing to fine-tune on")
     finally:
         if bar is not None:
             bar.close()
+        if report is not None:
+            report.update(skipped=[dict(e) for e in loader.skipped], unlabelled_rows=unlabelled,
+                          repeats_dropped=int(loader.repeats_dropped))
+        else:
+            import sys
+            if unlabelled:
+                print(f"{desc}: {unlabelled} rows without a label (-1) were left out of the loss", file=sys.stderr)
+            for e in loader.skipped:
+                print(f"{desc}: skipped {e.get('shard')}: key {e.get('key')}: {e.get('reason')}", file=sys.stderr)
         loader.close()
     return model.eval()
 

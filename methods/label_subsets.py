@@ -7,6 +7,10 @@ labels::
 
     {"format": "clvr-label-subset", "fraction": 0.01, "seed": 0, "classes": 10,
      "per_class": {"0": 2, ...}, "index": [12, 57, ...]}
+
+Subsets are drawn from labelled samples only: :func:`balanced_subset` refuses a label below 0
+(a sample without a label), so leave those out first; :func:`write_subset` records how many
+were (``unlabelled_left_out``) when told.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ def balanced_subset(index, labels, fraction: float, seed: int = 0) -> np.ndarray
     return np.sort(np.concatenate(keep))
 
 
-def write_subset(path, index, labels, fraction: float, seed: int = 0) -> dict:
-    """Draw :func:`balanced_subset` and write it as JSON; returns what was written."""
+def write_subset(path, index, labels, fraction: float, seed: int = 0, unlabelled_left_out: int = 0) -> dict:
+    """Draw :func:`balanced_subset` and write it as JSON; returns what was written.
+    ``unlabelled_left_out``: samples of the set without a label, left out of ``index`` and
+    ``labels`` by the caller (recorded in the file when there are some)."""
     from ..shards.fileio import write_atomic
     chosen = balanced_subset(index, labels, fraction, seed)
     lookup = dict(zip(np.asarray(index).tolist(), np.asarray(labels).tolist()))
@@ -52,6 +58,8 @@ def write_subset(path, index, labels, fraction: float, seed: int = 0) -> dict:
         per_class[str(lookup[i])] = per_class.get(str(lookup[i]), 0) + 1
     data = {"format": FORMAT, "fraction": fraction, "seed": seed, "classes": len(per_class),
             "per_class": dict(sorted(per_class.items(), key=lambda kv: int(kv[0]))), "index": chosen.tolist()}
+    if unlabelled_left_out:
+        data["unlabelled_left_out"] = int(unlabelled_left_out)
     write_atomic(Path(path), (json.dumps(data, indent=1) + "\n").encode())
     return data
 

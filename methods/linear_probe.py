@@ -8,6 +8,10 @@ Features are extracted once (:mod:`.features`) and cached; the probes never touc
   default lr here is for features standardised by :func:`standardize`);
 - :func:`logistic_regression` fits scikit-learn's multinomial logistic regression;
 - :func:`linear_svm` fits scikit-learn's LinearSVC.
+
+Labels are class ids, 0 or more: a label of -1 (a sample without a label) is refused by name
+everywhere (scikit-learn would take -1 for one more class, and a test label of -1 would count as
+a wrong answer); leave such samples out first, as ``clvr eval`` does.
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def check_labelled(labels, what: str = "labels") -> None:
+    """Refuse labels below 0 (samples without a label), naming how many."""
+    arr = np.asarray(labels)
+    bad = int((arr < 0).sum()) if arr.size else 0
+    if bad:
+        raise ValueError(f"{what}: {bad} of {arr.size} labels are below 0 (samples without a label); leave "
+                         "them out before fitting or scoring a probe")
 
 
 def standardize(train: torch.Tensor, *others: torch.Tensor):
@@ -41,8 +54,9 @@ def train_linear(features, labels, num_classes: int, epochs: int = 100, lr: floa
     """A linear classifier trained with SGD + cosine decay on (N, D) features."""
     if features.shape[0] != labels.shape[0]:
         raise ValueError(f"{features.shape[0]} features but {labels.shape[0]} labels")
-    if (labels < 0).any() or int(labels.max()) >= num_classes:
-        raise ValueError(f"labels must be in [0, {num_classes})")
+    check_labelled(labels, "train_linear")
+    if int(labels.max()) >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes}): they reach {int(labels.max())}")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     layer = torch.nn.Linear(features.shape[1], num_classes)
@@ -69,6 +83,8 @@ def _fit(layer, opt, sched, features, labels, epochs, batch_size, g) -> None:
 
 def logistic_regression(train, train_labels, test, test_labels, C: float = 1.0, max_iter: int = 1000) -> dict:
     from sklearn.linear_model import LogisticRegression
+    check_labelled(train_labels, "logistic regression: train labels")
+    check_labelled(test_labels, "logistic regression: test labels")
     model = LogisticRegression(C=C, max_iter=max_iter)
     model.fit(np.asarray(train), np.asarray(train_labels))
     scores = torch.as_tensor(model.predict_proba(np.asarray(test)))
@@ -77,6 +93,8 @@ def logistic_regression(train, train_labels, test, test_labels, C: float = 1.0, 
 
 def linear_svm(train, train_labels, test, test_labels, C: float = 1.0) -> dict:
     from sklearn.svm import LinearSVC
+    check_labelled(train_labels, "linear SVM: train labels")
+    check_labelled(test_labels, "linear SVM: test labels")
     model = LinearSVC(C=C)
     model.fit(np.asarray(train), np.asarray(train_labels))
     scores = torch.as_tensor(model.decision_function(np.asarray(test)))

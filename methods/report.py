@@ -15,6 +15,12 @@ encoder it belongs to: ``learned``, ``raw_pixels``, ``random_init`` or ``supervi
     subsets                                   the label-subset files used (relative to OUT)
     plots                                     the figures written (relative to OUT)
     skipped                                   what was not run or drawn, and why
+    data.SET.unlabelled_left_out              samples of SET without a label (-1): never trained
+                                              on nor scored (labelled_samples: the others)
+    classes.notes                             classes the trained-on set has and the scored one lacks
+    skipped_samples                           samples skipped as unreadable (on_error = skip):
+                                              {"set", "shard", "key", "reason"}
+    notes                                     the above in words (also printed and in results.md)
 
 ``results.md`` is the same as a table of protocol x label share, with the baselines beside the
 learned encoder, followed by the figures.
@@ -123,6 +129,14 @@ def caption(results: dict) -> str:
 def markdown(results: dict) -> str:
     lines = [f"# clvr eval: {results.get('encoder', {}).get('method')}", "", markdown_table(results), "",
              caption(results), ""]
+    notes = results.get("notes") or []
+    if notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    samples = results.get("skipped_samples") or []
+    if samples:
+        lines += ["Samples skipped as unreadable:", ""] + \
+            [f"- {e.get('set')}: {e.get('shard')}: key {e.get('key')}: {e.get('reason')}" for e in samples[:100]]
+        lines += ([f"- ... and {len(samples) - 100} more (results.json)"] if len(samples) > 100 else []) + [""]
     skipped = results.get("skipped") or {}
     if skipped:
         lines += ["Not run or not drawn:", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
@@ -143,6 +157,8 @@ def write_results(evaluation) -> None:
     """``results.json`` and ``results.md`` of an :class:`~.evaluate.Evaluation` as it stands."""
     out = evaluation.out
     results = evaluation.results
+    if hasattr(evaluation, "notes"):
+        results["notes"] = evaluation.notes()
     _write(out / "results.json", json.dumps(results, indent=1, allow_nan=False) + "\n")
     _write(out / "results.md", markdown(results))
 
