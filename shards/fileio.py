@@ -36,6 +36,18 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def file_problems(path, record: dict) -> list[str]:
+    """How the file at ``path`` differs from its manifest ``record`` (``bytes``, ``sha256``)."""
+    problems = []
+    size = os.path.getsize(path)
+    if size != record["bytes"]:
+        problems.append(f"{path}: {size} bytes, manifest says {record['bytes']}")
+    digest = sha256_file(path)
+    if digest != record["sha256"]:
+        problems.append(f"{path}: sha256 {digest[:12]}… does not match the manifest's {record['sha256'][:12]}…")
+    return problems
+
+
 def write_atomic(path, data: bytes, tmp_suffix: str = ".tmp") -> None:
     """Write ``data`` to ``path`` through :func:`atomic_target`."""
     with atomic_target(path, tmp_suffix) as tmp:

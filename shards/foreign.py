@@ -46,7 +46,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,10 +55,12 @@ from .dali_index import (IndexedComponent, IndexFileError, check_against_tar, ch
                          format_index, parse_index)
 from .errors import ShardError
 from .fileio import sha256_file, write_atomic
-from .format import (BOXCLS_EXT, BOXES_EXT, CLS_EXT, FORMAT_NAME, FORMAT_VERSION, IMAGE_EXTS, INDEX_EXT,
+from .format import (BOXCLS_EXT, BOXES_EXT, FORMAT_NAME, FORMAT_VERSION, INDEX_EXT,
                      LABEL_EXT, META_EXT, READ_IMAGE_EXTS, TEXT_EXT, UNLABELLED, VIDEO_EXTS, json_bytes,
                      split_member_name)
-from .manifest import MANIFEST_NAME, read_manifest, write_json_atomic
+from .foreign_labels import (LABEL_EXTS, assign_labels, choose_label_source, classes_of, label_source_text,
+                             raw_label)
+from .manifest import MANIFEST_NAME, write_json_atomic
 from .sizes import bucket
 
 #: image extensions other tools write beside clvr's (DALI decodes by content); matched in any case
@@ -67,17 +68,12 @@ FOREIGN_IMAGE_EXTS = READ_IMAGE_EXTS
 #: images that webdataset decodes (through PIL) but DALI does not: such samples are skipped, by name
 UNREAD_IMAGE_EXTS = ("gif", "blp", "dib", "ico", "icns", "tga", "psd", "eps", "pcx", "sgi", "im")
 MEDIA_EXTS = (*FOREIGN_IMAGE_EXTS, *VIDEO_EXTS)
-#: components that hold a sample's label as text (an integer id or a class name), in the order tried
-LABEL_EXTS = (CLS_EXT, "cls2", "label", "class")
-#: fields of a ``.json`` member tried for the label when no label component exists
-JSON_LABEL_FIELDS = ("label", "cls", "class", "class_id", "class_name")
 KNOWN_EXTS = {*MEDIA_EXTS, *UNREAD_IMAGE_EXTS, INDEX_EXT, LABEL_EXT, *LABEL_EXTS, BOXES_EXT, BOXCLS_EXT,
               TEXT_EXT, META_EXT, "url.txt", "key", "caption"}
 KIND = "foreign"
 SAMPLES_SUFFIX = ".samples.json"
 COMPRESSED = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 SAMPLES_FORMAT = "clvr-index-samples"
-_INT = re.compile(r"[+-]?\d+")
 
 
 @dataclass
@@ -101,7 +97,7 @@ class IndexResult:
             ids = sorted(self.label_ids)
             sparse = f" (ids {', '.join(map(str, ids[:6]))}{' ...' if len(ids) > 6 else ''} of {len(self.classes)})" \
                 if len(ids) < len(self.classes) else ""
-            lines.append(f"  {len(ids)} classes{sparse}, labels from {_label_source_text(self.label_source)}")
+            lines.append(f"  {len(ids)} classes{sparse}, labels from {label_source_text(self.label_source)}")
         elif self.label_hint:
             lines.append(f"  no labels: {self.label_hint}")
         if self.unlabelled:
@@ -128,12 +124,6 @@ class IndexResult:
 def _first_keys(records: list, n: int = 5) -> str:
     first = ", ".join(f"{Path(s['shard']).name}:{s['key']}" for s in records[:n])
     return first + (f" and {len(records) - n} more" if len(records) > n else "")
-
-
-def _label_source_text(source: str | None) -> str:
-    if source and source.startswith("json:"):
-        return f"the field {source[5:]!r} of the .json members"
-    return f"the .{source} members"
 
 
 def find_tars(src) -> list[Path]:
@@ -263,143 +253,6 @@ def group_members(tar: Path, members: list[Member], unknown: Counter, dotted: li
     return samples
 
 
-# -- labels ------------------------------------------------------------------------------------
-
-def _label_text(data: bytes, where: str):
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ShardError(f"{where}: the label is not UTF-8 text") from None
-    if not text:
-        return None
-    return int(text) if _INT.fullmatch(text) else text
-
-
-def _json_of(sample: ForeignSample, where: str):
-    data = sample.data(META_EXT)
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise ShardError(f"{where}.json: not valid JSON ({e})") from None
-
-
-def _json_field(obj, path: str):
-    for part in path.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
-
-
-def _json_label(value, where: str, source: str):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ShardError(f"{where}: {source} is {json.dumps(value)[:40]}, not a class id or name")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ShardError(f"{where}: {source} is {value}, not a class id")
-        return int(value)
-    if isinstance(value, str):
-        value = value.strip()
-        return (int(value) if _INT.fullmatch(value) else value) or None
-    return value
-
-
-def choose_label_source(samples: list[tuple[Path, ForeignSample]], label_key: str | None) -> tuple[str | None, str]:
-    """(label source, hint): ``cls`` / ``json:label`` / None, from ``--label-key`` or found."""
-    present = Counter(e for _, s in samples for e in s.exts())
-    if label_key is not None:
-        label_key = label_key.strip()
-        if label_key.lower() == "none":
-            return None, "--label-key none"
-        if label_key.startswith("json:"):
-            name = label_key[5:]
-            if not name:
-                raise ShardError("--label-key json:FIELD needs a field name, e.g. json:label")
-            if META_EXT not in present:
-                raise ShardError(f"--label-key {label_key}: the samples have no .json member "
-                                 f"(components: {', '.join(sorted(present))})")
-            return label_key, ""
-        ext = label_key.lstrip(".").lower()
-        if ext not in present:
-            raise ShardError(f"--label-key {label_key}: no sample has a .{ext} member "
-                             f"(components: {', '.join(sorted(present))}; json:FIELD reads a .json field)")
-        return ext, ""
-    for ext in LABEL_EXTS:
-        if ext in present:
-            return ext, ""
-    if META_EXT in present:
-        for tar, s in samples[:256]:
-            try:
-                obj = _json_of(s, f"{tar}: key {s.key}")
-            except ShardError:          # a broken .json is named when (if) its label is read
-                continue
-            if isinstance(obj, dict):
-                for name in JSON_LABEL_FIELDS:
-                    if name in obj:
-                        return f"json:{name}", ""
-        return None, ("no .cls/.cls2/.label/.class member and no label field in the .json members; name the "
-                      "field with --label-key json:FIELD")
-    return None, "no .cls/.cls2/.label/.class member (name another with --label-key EXT or json:FIELD)"
-
-
-def raw_label(tar: Path, sample: ForeignSample, source: str):
-    where = f"{tar}: key {sample.key}"
-    if source.startswith("json:"):
-        obj = _json_of(sample, where)
-        return _json_label(_json_field(obj, source[5:]), where, f"the .json field {source[5:]!r}")
-    data = sample.data(source)
-    return None if data is None else _label_text(data, f"{where}: .{source}")
-
-
-def assign_labels(values: list, where: list[str], classes_from: dict | None) -> tuple[list[int], dict | None]:
-    """Class ids for raw label values (int, str or None) and the classes {names, ids}.
-
-    Integer values are the ids themselves (``-1``: unlabelled); otherwise the values are class
-    names, numbered in sorted order, or by ``classes_from`` (another set's classes)."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return [UNLABELLED] * len(values), None
-    if all(isinstance(v, int) for v in present):
-        for v, w in zip(values, where):
-            if v is not None and v < UNLABELLED:
-                raise ShardError(f"{w}: label {v} is not a class id (ids are 0 or more; -1 marks no label)")
-        ids = [UNLABELLED if v is None else v for v in values]
-        top = max(ids)
-        if top < 0:
-            return ids, None
-        names = list(classes_from["names"]) if classes_from else []
-        names += [str(i) for i in range(len(names), top + 1)]
-        return ids, {"names": names, "ids": {n: i for i, n in enumerate(names)}}
-    if classes_from:
-        table = dict(classes_from["ids"])
-        names = list(classes_from["names"])
-    else:
-        names = sorted({str(v) for v in present})
-        table = {n: i for i, n in enumerate(names)}
-    ids = []
-    for v, w in zip(values, where):
-        if v is None:
-            ids.append(UNLABELLED)
-        elif str(v) not in table:
-            raise ShardError(f"{w}: class {str(v)!r} is not one of the classes of --classes-from "
-                             f"({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})")
-        else:
-            ids.append(table[str(v)])
-    return ids, {"names": names, "ids": table}
-
-
-def _classes_of(path) -> dict:
-    manifest = read_manifest(path)
-    classes = manifest.get("classes")
-    if not isinstance(classes, dict) or not classes.get("names"):
-        raise ShardError(f"--classes-from {path}: its manifest has no classes")
-    return classes
-
-
 # -- the command -------------------------------------------------------------------------------
 
 def _image_size(data: bytes):
@@ -456,7 +309,7 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
     names = [t.stem for t in tars]
     if len(set(names)) != len(names):
         raise ShardError("two tars have the same name; their index files would collide")
-    reference = _classes_of(classes_from) if classes_from is not None else None
+    reference = classes_of(classes_from) if classes_from is not None else None
     result = IndexResult(out)
     from .progress import Progress
     bar = Progress(len(tars), "index tars", enabled=progress)
@@ -508,7 +361,7 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
         result.label_ids = {i for i in ids if i >= 0}
         result.unlabelled = [{"shard": str(t), "key": s.key} for (t, s), i in zip(everything, ids) if i < 0]
     elif source is not None:
-        result.label_hint = f"{_label_source_text(source)} give no label"
+        result.label_hint = f"{label_source_text(source)} give no label"
 
     out.mkdir(parents=True, exist_ok=True)
     records, position = [], 0
