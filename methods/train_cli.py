@@ -71,8 +71,14 @@ def _train(args) -> int:
     if trainer.accelerator.is_main_process:
         how = "stopped by SIGTERM" if summary["stopped_by_signal"] else "done"
         print(f"{how}: {summary['steps']}/{summary['total_steps']} steps; checkpoint {summary['checkpoint']}"
-              + (f"; {summary['skipped_steps']} step(s) skipped (non-finite loss)" if summary["skipped_steps"] else ""),
+              + (f"; {summary['skipped_steps']} step(s) skipped (non-finite loss)" if summary["skipped_steps"] else "")
+              + (f"; {summary['skipped_samples']} sample(s) skipped as unreadable (data.on_error = skip; each is "
+                 "an event line in metrics.jsonl)" if summary.get("skipped_samples") else "")
+              + (f"; {summary['repeats_dropped']} sample(s) a rebuilt stream brought again in the epoch of a skip "
+                 "were not served twice" if summary.get("repeats_dropped") else ""),
               file=sys.stderr)
+        for note in summary.get("notes") or []:
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 

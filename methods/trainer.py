@@ -20,6 +20,13 @@ continues from the newest one; the loader is positioned at the same batch (:meth
 so on one process a resumed run ends with the same weights as an uninterrupted one.
 
 SIGTERM (a preempted job) writes a checkpoint at the end of the current step and exits 0.
+
+Nothing is left out silently: under ``data.on_error = skip`` every sample a loader skips (the
+training loader's and the kNN monitor's) is printed on stderr (the first ``SHOW_SKIPPED``, then a
+count at each epoch's end), written to ``metrics.jsonl`` as an event line
+``{"step", "event": "skipped", "epoch", "set", "shard", "key", "reason"}`` and counted in the
+summary :meth:`Trainer.run` returns (``skipped_samples``, ``repeats_dropped``). The kNN monitor
+leaves samples without a label (-1) out of its vote and its score, and says how many.
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class Trainer:
     """Build everything for a run from its configuration; :meth:`run` trains."""
 
+    #: skipped samples printed one per line; beyond, a count at each epoch's end
+    SHOW_SKIPPED = 20
+
     def __init__(self, config: cfg.TrainConfig, data, out, resume: str | None = None, val=None,
                  settings: str = "as configured"):
         from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -72,6 +82,12 @@ class Trainer:
         from .registry import get_method
 
         self.config, self.out = config, Path(out)
+        self.notes: list[str] = []            # said before the run, repeated in the summary
+        self.skipped_samples = self.repeats_dropped = 0
+        self._skips_read: dict[str, int] = {}  # loader name -> entries of its skipped list reported
+        self._skips_shown = self._skips_unshown = 0
+        self.knn_left_out: dict[str, dict] = {}
+        self._knn_left_out_said = False
         self.settings = settings              # how the settings were chosen, for the plan
         self.data_specs = {"data": str(data), "val": None if val is None else str(val)}
         self.method_cls = get_method(config.method)
@@ -239,15 +255,25 @@ class Trainer:
             raise cfg.ConfigError(f"--val needs labelled training shards, and {data} has no classes: the "
                                   "kNN monitor classifies by the labels of the training features")
         from ..pipeline.source import resolve
-        if not resolve(val).classes:
+        val_set = resolve(val)
+        if not val_set.classes:
             raise cfg.ConfigError(f"--val {val}: the shard set has no labels (no classes in its manifest); the "
                                   "kNN monitor needs labelled validation shards (for clvr shard index: a .cls "
                                   "in every sample)")
+        from .evaluate import compare_classes
+        found = compare_classes(resolve(data), val_set, sides=(("train", "--data"), ("val", "--val")),
+                                specs=(data, val))
+        if found["error"]:
+            raise cfg.ConfigError(f"the kNN monitor: {found['error']}")
+        if found["note"]:
+            note = f"the kNN monitor: {found['note']}"
+            self.notes.append(note)
+            self._say(f"note: {note}")
         acc, d = self.accelerator, self.config.data
         recipe = self.loader.ctx.recipe(0)
         common = dict(batch_size=d.batch_size, size=int(recipe.size), device=d.device, rank=acc.process_index,
                       world_size=acc.num_processes, local_rank=acc.local_process_index,
-                      num_threads=d.threads or None, torch_device=acc.device)
+                      num_threads=d.threads or None, torch_device=acc.device, on_error=d.on_error)
         views = d.views or self.method_cls.views
         if views not in ("two_view", "video_clips"):
             views = "two_view"          # jigsaw, cpc_grid, objects, captions: the whole image
@@ -263,6 +289,13 @@ class Trainer:
         encoder = self.method.encoder
         features, labels, _ = extract_features(encoder, train)
         vfeatures, vlabels, _ = extract_features(encoder, val)
+        # samples without a label (-1) neither vote nor are scored; how many is said once (_log_knn)
+        keep, vkeep = labels >= 0, vlabels >= 0
+        for name, mask, spec in (("train", keep, self.data_specs["data"]), ("val", vkeep, self.data_specs["val"])):
+            if not bool(mask.any()):
+                raise TrainingError(f"the kNN monitor: none of the {mask.numel()} samples of {spec} has a label")
+            self.knn_left_out[name] = {"unlabelled": int((~mask).sum()), "samples": int(mask.numel())}
+        features, labels, vfeatures, vlabels = features[keep], labels[keep], vfeatures[vkeep], vlabels[vkeep]
         result = knn_accuracy(features, labels, vfeatures, vlabels, k=min(c.knn_k, len(labels)),
                               temperature=c.knn_temperature)
         return {f"knn_{k}": v for k, v in result.items()}
@@ -415,13 +448,67 @@ class Trainer:
                 if (self.knn_loaders and c.knn_every and done_epoch and self.step < self.total_steps
                         and (self.step // self.steps_per_epoch) % c.knn_every == 0):
                     self._log_knn(metrics, bar)
+                if acc.num_processes == 1 or done_epoch:      # several: gathered at epoch ends
+                    self._report_skips(metrics, bar, epoch_end=done_epoch)
         if self.knn_loaders and not self._stop:
             self._log_knn(metrics, bar)
+        self._report_skips(metrics, bar, epoch_end=True)
         path = self.checkpoint()
         stopped = self._stop and self.step < self.total_steps
         return {"steps": self.step, "total_steps": self.total_steps, "checkpoint": path,
                 "stopped_by_signal": stopped, "skipped_steps": self.skipped_steps,
-                "resumed_from": self.resumed_from}
+                "resumed_from": self.resumed_from, "skipped_samples": self.skipped_samples,
+                "repeats_dropped": self.repeats_dropped, "notes": list(self.notes)}
+
+    def _skip_sources(self) -> list:
+        """(name, loader) of every loader whose skipped samples are reported."""
+        out = [("data", self.loader)]
+        if self.knn_loaders:
+            out += [("data (kNN monitor)", self.knn_loaders[0]), ("val", self.knn_loaders[1])]
+        return out
+
+    def _report_skips(self, metrics, bar, epoch_end: bool = False) -> None:
+        """Report the samples the loaders skipped since the last call (``on_error = skip``): an
+        event line each in metrics.jsonl, a line each on stderr (the first ``SHOW_SKIPPED``; the
+        rest counted at the epoch's end), and the run's counts. With several processes every
+        process takes part (the lists are gathered), at epoch ends only."""
+        acc = self.accelerator
+        epoch = max(self.step - 1, 0) // self.steps_per_epoch
+        new = []
+        for name, loader in self._skip_sources():
+            done = self._skips_read.get(name, 0)
+            entries = list(loader.skipped[done:])
+            self._skips_read[name] = done + len(entries)
+            new += [{"set": name, "shard": str(e.get("shard")), "key": e.get("key"), "reason": e.get("reason"),
+                     "epoch": e.get("epoch", epoch)} for e in entries]
+        repeats = int(self.loader.repeats_dropped)
+        if acc.num_processes > 1:
+            import torch.distributed as dist
+            every = [None] * acc.num_processes
+            dist.all_gather_object(every, (new, repeats))
+            new = [e for part, _ in every for e in part]
+            repeats = sum(r for _, r in every)
+        self.repeats_dropped = repeats
+        if not acc.is_main_process:
+            return
+        for e in new:
+            self.skipped_samples += 1
+            if metrics is not None:
+                metrics.write(json.dumps({"step": self.step, "event": "skipped", "epoch": e["epoch"], "set": e["set"],
+                                          "shard": e["shard"], "key": e["key"], "reason": e["reason"]}) + "\n")
+            if self._skips_shown < self.SHOW_SKIPPED:
+                self._skips_shown += 1
+                where = "" if e["set"] == "data" else f" ({e['set']})"
+                self._write(bar, f"clvr train: step {self.step}: skipped a sample{where}: {e['shard']}: "
+                                 f"key {e['key']}: {e['reason']}")
+            else:
+                self._skips_unshown += 1
+        if new and metrics is not None:
+            metrics.flush()
+        if epoch_end and self._skips_unshown:
+            self._write(bar, f"clvr train: epoch {epoch}: {self._skips_unshown} more skipped sample(s) not shown "
+                             f"({self.skipped_samples} in all so far; each is an event line in metrics.jsonl)")
+            self._skips_unshown = 0
 
     def _check_collapse(self, metrics, bar) -> dict:
         """The collapse monitor's verdict on the steps since the last check (logged with the
@@ -451,6 +538,20 @@ class Trainer:
 
     def _log_knn(self, metrics, bar) -> None:
         result = self.knn()
+        if not self._knn_left_out_said:
+            self._knn_left_out_said = True
+            for name, n in self.knn_left_out.items():
+                if n["unlabelled"] and self.accelerator.is_main_process:
+                    spec = self.data_specs["data" if name == "train" else "val"]
+                    text = (f"the kNN monitor: {name} ({spec}): {n['unlabelled']} of {n['samples']} samples have "
+                            "no label (-1) and are left out")
+                    self.notes.append(text)
+                    self._write(bar, f"clvr train: note: {text}")
+                    if metrics is not None:
+                        metrics.write(json.dumps({"step": self.step, "event": "unlabelled", "set": name,
+                                                  "count": n["unlabelled"], "samples": n["samples"],
+                                                  "message": text}) + "\n")
+                        metrics.flush()
         line = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **result}
         if metrics is not None:
             metrics.write(json.dumps(line) + "\n")
