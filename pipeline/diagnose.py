@@ -54,7 +54,7 @@ def locate(loader, sources: list[str]) -> list[tuple[str, object]]:
     """(tar, IndexedSample) of each distinct sample among ``sources``."""
     wanted: dict[str, set[int]] = {}
     for text in sources:
-        real, offset, _ = loader.source_of(text)
+        real, offset, _ = loader.sample_map.parse(text)
         wanted.setdefault(real, set()).add(offset)
     found, seen = [], set()
     for shard, idx in zip(loader.shards.shards, loader._index_files):
@@ -65,8 +65,7 @@ def locate(loader, sources: list[str]) -> list[tuple[str, object]]:
             first = min(e.offsets)
             if e.offsets & wanted[real] and (real, first) not in seen:
                 seen.add((real, first))
-                key = loader._where.get((real, first), (e.key, None))[0]
-                found.append((shard.tar, dataclasses.replace(e, key=key)))
+                found.append((shard.tar, dataclasses.replace(e, key=loader.sample_map.key(real, first, e.key))))
     return found
 
 

@@ -50,6 +50,8 @@ import torch
 from nvidia.dali import pipeline_def
 from nvidia.dali.backend import TensorListGPU
 
+from clvr.shards import dali_index
+
 from . import fused_views
 from . import reader as reader_mod
 from . import recipe as recipe_mod
@@ -57,8 +59,8 @@ from . import remote as remote_mod
 from .batch import ViewBatch
 from .errors import PipelineError, SampleError, dali_message
 from .sample import Context, Sample, check_video_codecs
+from .sample_map import SampleMap
 from .source import ShardSet, read_index, resolve
-from clvr.shards import dali_index
 from .views import get_view
 from .views.base import ViewGenerator
 
@@ -186,12 +188,11 @@ class ViewLoader:
                                 "paths (their global index comes from DALI's source info)")
         if "video" in self.generator.needs:
             check_video_codecs(self.shards, self.device)
-        self.skipped: list[dict] = []       # {"shard", "key", "reason", "epoch"} of every skipped sample
+        self.skipped: list[dict] = []       # {"shard", "key", "reason"} of every skipped sample
         self.repeats_dropped = 0            # samples a rebuilt stream brought again in its epoch (not served)
         self._excluded: set[tuple] = set()  # skipped samples: (real tar, first offset); remote: (url, key)
-        self._tar_paths = {s.tar: os.path.realpath(s.tar) for s in self.shards.shards}
         self._index_bound = _index_bound(self.shards)
-        self._seen_epoch, self._seen = -1, {}   # global index -> source, of the epoch being served
+        self._seen_epoch, self._seen = -1, {}   # global index -> (tar, offset), of the epoch being served
         self._repaired_epoch = -1
         self._tmp = None
         self._feed = None                   # remote shards: the reader thread DALI pulls from
@@ -217,8 +218,7 @@ class ViewLoader:
         need_exts = [reader_mod.field_exts(self.shards, f) for f in self.fields
                      if not (f == "index" and self._by_order)]
         if first:
-            self._where: dict[tuple[str, int], tuple[str, int | None]] = {}   # (tar, offset) -> (key, index)
-            self._labels: dict[int, int] = {}                                  # global index -> label
+            self.sample_map = SampleMap(self._by_order)
         selection = self.selection
         shards, out = [], []
         kept = 0
@@ -230,12 +230,7 @@ class ViewLoader:
                 if self._by_order and shard.first_index is None:
                     raise PipelineError(f"{shard.tar}: its manifest gives no first_index, which the samples' "
                                         "global index is counted from")
-                for position, e in enumerate(entries):
-                    gi = shard.first_index + position if self._by_order else None
-                    for off in e.offsets:
-                        self._where[(real, off)] = (e.key, gi)
-                    if gi is not None and e.label is not None:
-                        self._labels[gi] = e.label
+                self.sample_map.add(shard, entries)
             drop: dict[int, str | None] = {}          # position -> reason (None: not selected)
             for position, e in enumerate(entries):
                 if selection is not None:
@@ -496,12 +491,13 @@ class ViewLoader:
         dev = self.torch_device
         sources = None if self.shards.remote else self._sources(named["source"])
         if self._by_order:
-            index = self._indices_by_order(sources)
+            index = torch.tensor([self.sample_map.global_index(*s) for s in sources], dtype=torch.int64)
         else:
             index = _dense(named["index"], torch.device("cpu")).reshape(-1)
         n = index.shape[0]
         if self._by_order:
-            label = torch.tensor([self._labels.get(gi, -1) for gi in index.tolist()], dtype=torch.int64)
+            label = torch.tensor([self.sample_map.label(real, offset) for real, offset, _ in sources],
+                                 dtype=torch.int64)
         else:
             label = _dense(named["label"], dev).reshape(-1) if "label" in named else \
                 torch.full((n,), -1, dtype=torch.int64, device=dev)
@@ -529,38 +525,13 @@ class ViewLoader:
                           for i in range(len(named["text"]))]
         return batch
 
-    def source_of(self, text: str) -> tuple[str, int, str]:
-        """(real tar path, data offset, member name) from DALI's "tar:offset:member" source info
-        (a tar path or member name may hold colons: the tar is found among this set's tars)."""
-        colon = text.find(":")
-        while colon >= 0:
-            if text[:colon] in self._tar_paths:
-                offset, _, member = text[colon + 1:].partition(":")
-                if offset.isdigit():
-                    return self._tar_paths[text[:colon]], int(offset), member
-            colon = text.find(":", colon + 1)
-        raise PipelineError(f"{self.shards.spec}: DALI reported a sample from {text!r}, which is in none of "
-                            "the set's tars")
-
     def _sources(self, info_tl) -> list[tuple[str, int, str]]:
-        return [self.source_of(bytes(np.asarray(info_tl[i])).decode("utf-8", "surrogateescape"))
+        """(real tar, offset, member) of each sample of a batch, from DALI's source info."""
+        return [self.sample_map.parse(bytes(np.asarray(info_tl[i])).decode("utf-8", "surrogateescape"))
                 for i in range(len(info_tl))]
 
     def _key(self, source: tuple[str, int, str]) -> str:
-        real, offset, member = source
-        return self._where.get((real, offset), (dali_index.split_member_name(member)[0], None))[0]
-
-    def _indices_by_order(self, sources) -> torch.Tensor:
-        """The global index of each sample of a ``clvr shard index`` set: its position in the
-        manifest's order, found from the tar and offset DALI read it at."""
-        out = []
-        for real, offset, member in sources:
-            gi = self._where.get((real, offset), (None, None))[1]
-            if gi is None:
-                raise PipelineError(f"{real}: the member {member} at byte {offset} is not in the shard set's "
-                                    "index files (re-run clvr shard index)")
-            out.append(gi)
-        return torch.tensor(out, dtype=torch.int64)
+        return self.sample_map.key(*source)
 
     def _check_indices(self, index: torch.Tensor, valid: torch.Tensor, sources, epoch: int) -> torch.Tensor:
         """Every global index served must be in ``[0, N)`` and seen once per epoch: an error
@@ -581,12 +552,12 @@ class ViewLoader:
                     valid[i] = False
                     self.repeats_dropped += 1
                     continue
-                first = self._seen[gi]
+                real, offset = self._seen[gi]
                 raise PipelineError(f"{sources[i][0]}: key {self._key(sources[i])}: global index {gi} was already "
-                                    f"served in epoch {epoch} by key {self._key(first)} ({first[0]}): two samples "
-                                    "share one index, so a memory bank would mix them (re-shard, or run clvr shard "
-                                    "verify to list them)")
-            self._seen[gi] = sources[i]
+                                    f"served in epoch {epoch} by key {self.sample_map.key(real, offset)} ({real}): "
+                                    "two samples share one index, so a memory bank would mix them (re-shard, or "
+                                    "run clvr shard verify to list them)")
+            self._seen[gi] = sources[i][:2]
         return valid
 
     # -- state --------------------------------------------------------------------------------

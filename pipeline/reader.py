@@ -129,9 +129,10 @@ def read(shards: ShardSet, fields: list[str], opts: ReadOptions, index_files: li
     if not isinstance(outs, (list, tuple)):
         outs = [outs]
     out = dict(zip(read_fields, outs))
-    # "tar:offset:member" of each sample's last field, as bytes: the loader finds the sample's tar
-    # and key from it (and, for a clvr shard index set, its global index)
-    out["source"] = fn.get_property(outs[-1], key="source_info")
+    # "tar:offset:member" of each sample's image or video, as bytes: the loader finds the sample's
+    # tar and key from it (and, for a clvr shard index set, its global index and label)
+    media = next((out[f] for f in ("image", "video") if f in out), outs[-1])
+    out["source"] = fn.get_property(media, key="source_info")
     if by_order:
         out["index"] = out["source"]
     return out
