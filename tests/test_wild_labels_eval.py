@@ -178,3 +178,35 @@ def test_eval_reports_every_skipped_sample(clvr, run, sets, tmp_path):
     # without --on-error skip the same sample stops the evaluation, by name
     r = clvr("eval", "knn", run[0], "--train", data, "--val", data, "--out", tmp_path / "raise", *EVAL)
     assert r.code == 2 and "key img0005" in r.err
+
+
+def test_more_than_twenty_skips_show_the_first_twenty_and_a_count(capsys):
+    from types import SimpleNamespace
+
+    from clvr.methods.evaluate import Evaluation
+    from clvr.methods.trainer import Trainer
+    entries = [{"shard": "/d/x.tar", "key": f"k{i:02d}", "reason": "jpg: cannot be decoded"} for i in range(25)]
+    # the trainer: every skip an event line, 20 lines on stderr, the rest counted at the epoch's end
+    metrics = io.StringIO()
+    t = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1, is_main_process=True), step=7,
+                        steps_per_epoch=4, loader=SimpleNamespace(skipped=entries, repeats_dropped=3),
+                        knn_loaders=None, _skips_read={}, _skips_shown=0, _skips_unshown=0, skipped_samples=0,
+                        repeats_dropped=0, SHOW_SKIPPED=Trainer.SHOW_SKIPPED)
+    t._skip_sources = lambda: Trainer._skip_sources(t)
+    t._write = lambda bar, text: print(text, file=__import__("sys").stderr)
+    Trainer._report_skips(t, metrics, None, epoch_end=True)
+    Trainer._report_skips(t, metrics, None, epoch_end=True)            # nothing new: nothing again
+    err = capsys.readouterr().err.splitlines()
+    assert [x for x in err if "skipped a sample" in x] == [
+        f"clvr train: step 7: skipped a sample: /d/x.tar: key k{i:02d}: jpg: cannot be decoded" for i in range(20)]
+    assert err[-1].startswith("clvr train: epoch 1: 5 more skipped sample(s) not shown (25 in all so far")
+    events = [json.loads(x) for x in metrics.getvalue().splitlines()]
+    assert [e["key"] for e in events] == [f"k{i:02d}" for i in range(25)] and {e["event"] for e in events} == {"skipped"}
+    assert (t.skipped_samples, t.repeats_dropped) == (25, 3)
+    # clvr eval: each once in results.json, the first 20 on stderr
+    ev = object.__new__(Evaluation)
+    ev.results, ev.skipped_said, ev.skipped_shown = {"skipped_samples": []}, set(), 0
+    ev._note_skipped("train", entries)
+    ev._note_skipped("train", entries)
+    assert len(ev.results["skipped_samples"]) == 25 and len(ev.skipped_said) == 25
+    assert len([x for x in capsys.readouterr().err.splitlines() if "skipped a sample of --train" in x]) == 20
