@@ -436,9 +436,9 @@ class ViewLoader:
         Skipping rebuilds the pipeline without the bad samples. Its stream starts afresh, so the
         rest of the epoch in which a bad sample is found comes from the new stream: a sample it
         brings that this epoch already yielded is marked invalid (``valid == False``, dropped by
-        the methods) instead of being seen twice, and the samples the new stream would have
-        brought earlier are not seen in that epoch (counted in ``unseen``). Every later epoch is
-        exact. ``clvr shard verify`` finds such samples beforehand.
+        the methods; counted in ``repeats_dropped``) instead of being seen twice, and as many
+        samples (those the new stream would have brought earlier) are not seen in that epoch.
+        Every later epoch is exact. ``clvr shard verify`` finds such samples beforehand.
 
         Remote shards: the feed keeps the bytes of the batches in flight, and the rebuilt stream
         resumes at the failed batch, so even that epoch stays exact (the skipped sample's slot
