@@ -159,15 +159,16 @@ def build_parser(sub) -> None:
                          description="Write DALI index files and a manifest for WebDataset tars that clvr did "
                                      "not write (img2dataset, webdataset.ShardWriter: KEY.jpg + KEY.cls/.txt), "
                                      "without rewriting them. Samples without an image are left out and counted; "
-                                     "unknown extensions are reported. Labels come from .cls/.cls2/.label/.class "
+                                     "unknown extensions are reported. Labels come from .cls/.cls2/.label/.class/.target "
                                      "or a label field of .json (see --label-key).")
     p.add_argument("src", nargs="+", type=Path, metavar="SRC", help="a folder of .tar files, or the tars")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the index files and manifest here (default: beside the tars)")
     p.add_argument("--label-key", default=None, metavar="KEY",
-                   help="where the labels are: a component (cls, cls2, label, class, ...), json:FIELD for a "
+                   help="where the labels are: a component (cls, cls2, label, class, target, ...), json:FIELD for a "
                         "field of the .json members (json:label, json:class_name), or none (default: the first "
-                        "of cls, cls2, label, class, then json:label/cls/class/class_id/class_name)")
+                        "of cls, cls2, label, class, target, then json:label/cls/class/class_id/.../class_name/"
+                        "category)")
     p.add_argument("--classes-from", type=Path, default=None, metavar="DIR",
                    help="number the classes as this other shard set does (index a val set with its train set's "
                         "classes)")

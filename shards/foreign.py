@@ -22,9 +22,9 @@ before the extension (``img.0001.jpg``, which the rule reads as key ``img`` with
 ``0001.jpg``, merging every such file of a folder into one sample) are keyed up to their known
 extension (``img.0001``) and counted in the summary.
 
-Labels (``--label-key``): the first of the components ``cls``, ``cls2``, ``label``, ``class``
-that the set has, else a field ``label``, ``cls``, ``class``, ``class_id`` or ``class_name`` of the
-``.json`` members, else none; ``--label-key json:FIELD`` or ``--label-key EXT`` chooses, ``none``
+Labels (``--label-key``, :mod:`.foreign_labels`): the first of the components
+:data:`~.foreign_labels.LABEL_EXTS` that the set has, else the first field of
+:data:`~.foreign_labels.JSON_LABEL_FIELDS` that its ``.json`` members have, else none; ``--label-key json:FIELD`` or ``--label-key EXT`` chooses, ``none``
 turns them off. Integer labels keep their value as the class id (``-1``: unlabelled); other
 labels are class names, numbered in sorted order. ``--classes-from DIR`` takes another set's
 classes instead (index a validation set with its training set's ids). A sample without a label

@@ -22,9 +22,10 @@ if TYPE_CHECKING:          # (foreign imports this module)
     from .foreign import ForeignSample
 
 #: components that hold a sample's label as text (an integer id or a class name), in the order tried
-LABEL_EXTS = (CLS_EXT, "cls2", "label", "class")
+LABEL_EXTS = (CLS_EXT, "cls2", "label", "class", "target")
 #: fields of a ``.json`` member tried for the label when no label component exists
-JSON_LABEL_FIELDS = ("label", "cls", "class", "class_id", "class_name")
+JSON_LABEL_FIELDS = ("label", "cls", "class", "class_id", "class_idx", "label_id", "target", "category_id",
+                     "class_name", "category")
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -110,9 +111,13 @@ def choose_label_source(samples: list[tuple[Path, ForeignSample]], label_key: st
                 for name in JSON_LABEL_FIELDS:
                     if name in obj:
                         return f"json:{name}", ""
-        return None, ("no .cls/.cls2/.label/.class member and no label field in the .json members; name the "
+        return None, (f"no {_exts_text()} member and no label field in the .json members; name the "
                       "field with --label-key json:FIELD")
-    return None, "no .cls/.cls2/.label/.class member (name another with --label-key EXT or json:FIELD)"
+    return None, f"no {_exts_text()} member (name another with --label-key EXT or json:FIELD)"
+
+
+def _exts_text() -> str:
+    return "/".join("." + e for e in LABEL_EXTS)
 
 
 def raw_label(tar: Path, sample: ForeignSample, source: str):

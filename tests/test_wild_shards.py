@@ -135,7 +135,7 @@ def test_labels_from_json_fields_and_a_label_key_that_names_them(clvr, tmp_path)
     img2 = tmp_path / "img2dataset"
     write_layout("img2dataset (9-digit keys, .txt, .json without labels)", img2)
     r = clvr("shard", "index", img2, "--no-progress")
-    assert r.code == 0 and "no labels: no .cls/.cls2/.label/.class member and no label field" in r.out
+    assert r.code == 0 and "no labels: no .cls/.cls2/.label/.class/.target member and no label field" in r.out
 
 
 def test_a_val_set_indexed_with_its_train_sets_classes_gets_the_same_ids(clvr, tmp_path):
