@@ -438,7 +438,9 @@ class ViewLoader:
         brings that this epoch already yielded is marked invalid (``valid == False``, dropped by
         the methods; counted in ``repeats_dropped``) instead of being seen twice, and as many
         samples (those the new stream would have brought earlier) are not seen in that epoch.
-        Every later epoch is exact. ``clvr shard verify`` finds such samples beforehand.
+        Without shuffling (evaluation) the new stream passes over the batches already served,
+        so every other sample of that epoch is served once. Every later epoch is exact.
+        ``clvr shard verify`` finds such samples beforehand.
 
         Remote shards: the feed keeps the bytes of the batches in flight, and the rebuilt stream
         resumes at the failed batch, so even that epoch stays exact (the skipped sample's slot
@@ -469,11 +471,17 @@ class ViewLoader:
                 self.skipped.append({"shard": tar, "key": key, "reason": reason})
         self.pipe = None
         self._runs = 0
+        served = self._pos
         if not self.shards.remote:
             self._index_files = self._check_shards()
             self._pos = 0
             self._repaired_epoch = self.epoch
         self._build()
+        if not self.shards.remote and not self.shuffle:
+            # the stored order less the bad samples: the batches this epoch already served come
+            # first again, so passing over them serves each other sample of the epoch once
+            for _ in range(min(served, self.stream_batches - 1)):
+                self._run()
 
     # -- conversion ---------------------------------------------------------------------------
 

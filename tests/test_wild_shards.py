@@ -230,9 +230,9 @@ def test_an_epoch_with_a_skipped_sample_serves_no_sample_twice(clean, tmp_path):
     from clvr.pipeline import ViewLoader
     data = tmp_path / "train"
     shutil.copytree(clean, data)
-    key = corrupt_image(data, 2, 10)     # late in the stored order: found mid-epoch
+    key = corrupt_image(data, 1, 20)     # in the middle of the shuffled order: found mid-epoch
     ld = ViewLoader(data, "two_view", recipe="simclr-cifar", batch_size=8, num_threads=1, on_error="skip",
-                    last_batch="drop", device="cpu", shuffle=False)
+                    last_batch="drop", device="cpu", shuffle=True, seed=3)
     total = ld.num_samples
     epochs = []
     for _ in range(2):
@@ -245,6 +245,19 @@ def test_an_epoch_with_a_skipped_sample_serves_no_sample_twice(clean, tmp_path):
     assert ld.repeats_dropped > 0 and len(first) + ld.repeats_dropped <= total
     later = epochs[1]
     assert len(later) == len(set(later)) and len(later) == (total - 1) // 8 * 8
+
+
+def test_without_shuffling_a_skip_still_serves_every_other_sample_once(clean, tmp_path):
+    from clvr.methods.features import eval_loader
+    data = tmp_path / "train"
+    shutil.copytree(clean, data)
+    key = corrupt_image(data, 2, 10)     # late in the stored order: found mid-epoch
+    ld = eval_loader(str(data), batch_size=8, size=16, device="cpu", on_error="skip", num_threads=1)
+    total = ld.num_samples
+    served = [i for b in ld for i, ok in zip(b.index.tolist(), b.valid.tolist()) if ok]
+    ld.close()
+    assert [s["key"] for s in ld.skipped] == [key]
+    assert sorted(served) == sorted(set(range(total)) - {int(key)})          # each other sample once
 
 
 def test_info_says_where_labels_came_from_and_which_samples_have_none(clvr, tmp_path):
