@@ -136,6 +136,12 @@ def find_tars(src) -> list[Path]:
             if packed:
                 raise ShardError(f"{paths[0]}: no .tar files to index, but {len(packed)} compressed tar(s) such as "
                                  f"{packed[0]}: DALI reads uncompressed tars only (decompress them, e.g. gunzip)")
+            below = sorted({p.parent for p in paths[0].rglob("*.tar") if p.is_file()})
+            if below:
+                folders = ", ".join(str(d) for d in below[:4]) + (" ..." if len(below) > 4 else "")
+                raise ShardError(f"{paths[0]}: no .tar files in the folder itself, but its subfolders hold some "
+                                 f"({folders}): index each folder (a split) on its own, e.g. clvr shard index "
+                                 f"{below[0]}")
             raise ShardError(f"{paths[0]}: no .tar files to index")
         return tars
     for p in paths:

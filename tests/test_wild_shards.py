@@ -166,6 +166,13 @@ def test_index_refuses_what_the_loader_would_refuse_naming_tar_and_key(clvr, tmp
     assert r.code == 2 and "a.tar: key 'x/y' has two .jpg members" in r.err
 
 
+def test_tars_in_subfolders_are_named_with_the_fix(clvr, tmp_path):
+    write_layout("class folders in the key", tmp_path / "set" / "train")
+    r = clvr("shard", "index", tmp_path / "set", "--no-progress")
+    assert r.code == 2 and "no .tar files in the folder itself, but its subfolders hold some" in r.err
+    assert f"clvr shard index {tmp_path / 'set' / 'train'}" in r.err
+
+
 def test_compressed_tars_are_named_with_the_fix(clvr, tmp_path):
     import gzip
     src = tmp_path / "gz"
