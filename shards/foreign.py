@@ -318,7 +318,7 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
     reference = classes_of(classes_from) if classes_from is not None else None
     result = IndexResult(out)
     from .progress import Progress
-    bar = Progress(len(tars), "index tars", enabled=progress)
+    bar = Progress(len(tars), "index tars", enabled=progress, unit="tar")
     per_tar = []                     # (tar, sha, bytes, [ForeignSample])
     everything = []                  # (tar, sample) of every indexed sample, in manifest order
     sizes, components, undecodable = Counter(), Counter(), []

@@ -7,12 +7,12 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, enabled: bool = True, initial: int = 0):
+    def __init__(self, total: int, desc: str, enabled: bool = True, initial: int = 0, unit: str = "sample"):
         self.bar = None
         if enabled:
             from tqdm import tqdm  # imported only when shown: it costs a tenth of a second
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="sample", file=sys.stderr,
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
                             mininterval=0.5, dynamic_ncols=True, leave=True)
         self.start = time.perf_counter()
         self.bytes = 0
