@@ -93,13 +93,14 @@ def other_checks(out: Path, clvr: list) -> list[tuple[str, str]]:
     for shuffle in (False, True):
         ld = ViewLoader(data, "two_view", recipe="simclr-cifar", batch_size=16, on_error="skip", shuffle=shuffle,
                         device="cpu", num_threads=1, seed=1, last_batch="pad")
+        total = ld.num_samples
         served = [i for b in ld for i, ok in zip(b.index.tolist(), b.valid.tolist()) if ok]
         ld.close()
-        rows.append((f"on_error=skip, one corrupt image in {ld.num_samples + 1} samples (batch 16, "
+        rows.append((f"on_error=skip, one corrupt image in {total} samples (batch 16, "
                      f"{'shuffled' if shuffle else 'stored order'})",
                      f"skipped {[s['key'] for s in ld.skipped]}; epoch served {len(served)} samples, "
-                     f"{len(served) - len(set(served))} twice; {ld.repeats_dropped} repeats of the rebuilt "
-                     "stream not served"))
+                     f"{len(served) - len(set(served))} twice, {total - 1 - len(set(served))} of the others "
+                     "missed"))
     idx = read_index(str(tars[0].with_suffix(".idx")))
     for value, what in ((int(idx[2].key), "a duplicate"), (10_000, "out of range")):
         copy = out / f"index-{value}"

@@ -69,6 +69,11 @@ ON_ERROR = ("raise", "skip")
 DEVICES = ("auto", "cpu", "gpu")
 PHOTOMETRIC = ("dali", "kornia")
 CPU_VIEWS = ("fused", "dali")
+#: the member name of a skipped sample's stand-in image in an index file (the batch marks it invalid)
+STAND_IN = "clvr-skipped-sample"
+#: a skip found within this many epochs of a pipeline's stream replays it, exactly; later (a
+#: shard that changed during the run) the stream restarts without the sample
+REPLAY_EPOCHS = 2
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -194,6 +199,7 @@ class ViewLoader:
         self._index_bound = _index_bound(self.shards)
         self._seen_epoch, self._seen = -1, {}   # global index -> (tar, offset), of the epoch being served
         self._repaired_epoch = -1
+        self._filter_after = None           # the epoch of a skip served with stand-ins
         self._tmp = None
         self._feed = None                   # remote shards: the reader thread DALI pulls from
         # Remote shards are checked as they stream (no index files to parse up front).
@@ -417,6 +423,12 @@ class ViewLoader:
             self._run()
 
     def _run(self):
+        if self._filter_after is not None and self.epoch > self._filter_after:
+            # the epoch of a skip is over: go on with a stream without the skipped samples
+            self._filter_after = None
+            self.pipe, self._runs = None, 0
+            self._index_files = self._check_shards()
+            self._build()
         while True:
             try:
                 outs = self.pipe.run()
@@ -433,14 +445,19 @@ class ViewLoader:
     def _recover(self, error: Exception) -> None:
         """Name the sample behind a DALI error; under ``on_error="skip"`` exclude it and go on.
 
-        Skipping rebuilds the pipeline without the bad samples. Its stream starts afresh, so the
-        rest of the epoch in which a bad sample is found comes from the new stream: a sample it
-        brings that this epoch already yielded is marked invalid (``valid == False``, dropped by
-        the methods; counted in ``repeats_dropped``) instead of being seen twice, and as many
-        samples (those the new stream would have brought earlier) are not seen in that epoch.
-        Without shuffling (evaluation) the new stream passes over the batches already served,
-        so every other sample of that epoch is served once. Every later epoch is exact.
-        ``clvr shard verify`` finds such samples beforehand.
+        Skipping keeps the epoch exact: the pipeline is rebuilt on the same index files, except
+        that each skipped sample's image (or video) points at a good sample's of its tar and is
+        named :data:`STAND_IN`, so the sample count and the shuffled stream stay the same. The
+        new pipeline is replayed to the failed batch, and the stand-in's slot is invalid
+        (``valid == False``, counted in ``batch.dropped``): the epoch serves every other sample
+        once. From the next epoch on, the stream is rebuilt without the skipped samples.
+
+        A skip found later than :data:`REPLAY_EPOCHS` epochs into a stream (a shard that changed
+        during the run), or in a tar with no good sample to lend its image, restarts the stream
+        without the sample instead of replaying: what the new stream brings that the epoch
+        already served is then marked invalid (``repeats_dropped``), so nothing is served twice,
+        and as many samples are not seen in that epoch. ``clvr shard verify`` finds bad samples
+        beforehand.
 
         Remote shards: the feed keeps the bytes of the batches in flight, and the rebuilt stream
         resumes at the failed batch, so even that epoch stays exact (the skipped sample's slot
@@ -469,19 +486,60 @@ class ViewLoader:
             if where not in self._excluded:
                 self._excluded.add(where)
                 self.skipped.append({"shard": tar, "key": key, "reason": reason})
+        failed_at = self._runs
         self.pipe = None
         self._runs = 0
-        served = self._pos
-        if not self.shards.remote:
-            self._index_files = self._check_shards()
-            self._pos = 0
-            self._repaired_epoch = self.epoch
+        if self.shards.remote:
+            self._build()
+            return
+        stand_ins = self._stand_in_files() if failed_at <= REPLAY_EPOCHS * self.stream_batches else None
+        if stand_ins is not None:
+            # the same stream, the bad samples' images taken from good ones and marked invalid:
+            # replayed to the failed batch, it goes on with every other sample once
+            self._index_files = stand_ins
+            self._filter_after = self.epoch
+            self._build()
+            for _ in range(failed_at):
+                try:
+                    self.pipe.run()
+                except RuntimeError as e:
+                    raise PipelineError(f"{self.shards.spec}: reading failed again while returning to the batch "
+                                        f"of a skipped sample: {dali_message(e)}") from None
+                self._runs += 1
+            return
+        self._index_files = self._check_shards()
+        self._pos = 0
+        self._repaired_epoch = self.epoch
         self._build()
-        if not self.shards.remote and not self.shuffle:
-            # the stored order less the bad samples: the batches this epoch already served come
-            # first again, so passing over them serves each other sample of the epoch once
-            for _ in range(min(served, self.stream_batches - 1)):
-                self._run()
+
+    def _stand_in_files(self) -> list[str] | None:
+        """The current index files with each skipped sample's image or video pointing at the
+        nearest good sample's in its tar, and named :data:`STAND_IN` (the batch marks it
+        invalid): the sample count, and so the stream, stay as they are. None when a tar has
+        no good sample to lend its image."""
+        media = {e.lower() for f in ("image", "video") for e in reader_mod.FIELDS[f][0].split(";")}
+        out = []
+        for shard, index in zip(self.shards.shards, self._index_files):
+            samples = dali_index.read_index(index)
+            real = os.path.realpath(shard.tar)
+            bad = [n for n, comps in enumerate(samples) if (real, min(c.offset for c in comps)) in self._excluded]
+            if not bad:
+                out.append(index)
+                continue
+            good = [n for n in range(len(samples)) if n not in set(bad)
+                    and any(c.ext.lower() in media for c in samples[n])]
+            if not good:
+                return None
+            for n in bad:
+                lender = next(c for c in samples[min(good, key=lambda g: abs(g - n))] if c.ext.lower() in media)
+                samples[n] = [dali_index.IndexedComponent(c.ext, lender.offset, lender.size, STAND_IN)
+                              if c.ext.lower() in media else c for c in samples[n]]
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="clvr-index-")
+            path = Path(self._tmp.name) / f"{len(os.listdir(self._tmp.name))}-{Path(shard.index).name}"
+            path.write_text(dali_index.format_index(samples), encoding="utf-8")
+            out.append(str(path))
+        return out
 
     # -- conversion ---------------------------------------------------------------------------
 
@@ -514,7 +572,8 @@ class ViewLoader:
             valid &= torch.from_numpy(np.asarray(named["valid"].as_tensor()).reshape(-1) != 0)
         dropped = 0
         if sources is not None:
-            checked = self._check_indices(index, valid, sources, epoch)
+            stand_in = torch.tensor([member == STAND_IN for _, _, member in sources], dtype=torch.bool)
+            checked = self._check_indices(index, valid & ~stand_in, sources, epoch)
             dropped, valid = int((valid & ~checked).sum()), checked
         index, label, valid = index.to(dev), label.to(dev), valid.to(dev)
         host = {k.split(":", 1)[1]: _host_arrays(v) for k, v in named.items() if k.startswith("host:")}

@@ -233,25 +233,50 @@ def test_a_global_index_served_twice_or_out_of_range_is_named(clean, tmp_path, v
     ld.close()
 
 
-def test_an_epoch_with_a_skipped_sample_serves_no_sample_twice(clean, tmp_path):
+@pytest.mark.parametrize("last_batch", ["pad", "drop"])
+def test_an_epoch_with_a_skipped_sample_serves_every_other_sample_once(clean, tmp_path, last_batch):
     from clvr.pipeline import ViewLoader
     data = tmp_path / "train"
     shutil.copytree(clean, data)
     key = corrupt_image(data, 1, 20)     # in the middle of the shuffled order: found mid-epoch
     ld = ViewLoader(data, "two_view", recipe="simclr-cifar", batch_size=8, num_threads=1, on_error="skip",
-                    last_batch="drop", device="cpu", shuffle=True, seed=3)
+                    last_batch=last_batch, device="cpu", shuffle=True, seed=3)
     total = ld.num_samples
-    epochs = []
-    for _ in range(2):
-        epochs.append([i for b in ld for i, ok in zip(b.index.tolist(), b.valid.tolist()) if ok])
+    epochs, dropped = [], []
+    for _ in range(3):
+        batches = list(ld)
+        epochs.append([i for b in batches for i, ok in zip(b.index.tolist(), b.valid.tolist()) if ok])
+        dropped.append(sum(b.dropped for b in batches))
+    ld.close()
+    assert [s["key"] for s in ld.skipped] == [key] and ld.repeats_dropped == 0
+    others = set(range(total)) - {int(key)}
+    if last_batch == "pad":                         # every other sample exactly once, every epoch
+        for seen in epochs:
+            assert sorted(seen) == sorted(others)
+    else:                                           # no repeats; the epoch of the skip keeps its length
+        for seen in epochs:
+            assert len(seen) == len(set(seen)) and set(seen) <= others
+        assert len(epochs[0]) == total // 8 * 8 - 1 and dropped[0] == 1    # the stand-in's slot
+        assert len(epochs[1]) == (total - 1) // 8 * 8 and dropped[1] == 0  # then a stream without it
+
+
+def test_a_shard_that_breaks_late_in_a_run_is_skipped_without_repeats(clean, tmp_path):
+    from clvr.pipeline import ViewLoader
+    from clvr.pipeline.loader import REPLAY_EPOCHS
+    data = tmp_path / "train"
+    shutil.copytree(clean, data)
+    ld = ViewLoader(data, "two_view", recipe="simclr-cifar", batch_size=8, num_threads=1, on_error="skip",
+                    last_batch="drop", device="cpu", shuffle=True, seed=3, prefetch=1)
+    total = ld.num_samples
+    for _ in range(REPLAY_EPOCHS + 1):
+        for _ in ld:
+            pass
+    key = corrupt_image(data, 1, 20)     # changed during the run: the stream restarts without it
+    seen = [i for b in ld for i, ok in zip(b.index.tolist(), b.valid.tolist()) if ok]
     ld.close()
     assert [s["key"] for s in ld.skipped] == [key]
-    first = epochs[0]
-    assert len(first) == len(set(first)) and int(key) not in first       # no repeats, not the bad one
-    # the rebuilt stream starts again: what it brings again is not served (and counted)
-    assert ld.repeats_dropped > 0 and len(first) + ld.repeats_dropped <= total
-    later = epochs[1]
-    assert len(later) == len(set(later)) and len(later) == (total - 1) // 8 * 8
+    assert len(seen) == len(set(seen)) and int(key) not in seen
+    assert len(seen) + ld.repeats_dropped <= total
 
 
 def test_without_shuffling_a_skip_still_serves_every_other_sample_once(clean, tmp_path):
