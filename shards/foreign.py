@@ -58,8 +58,8 @@ from .fileio import sha256_file, write_atomic
 from .format import (BOXCLS_EXT, BOXES_EXT, FORMAT_NAME, FORMAT_VERSION, INDEX_EXT,
                      LABEL_EXT, META_EXT, READ_IMAGE_EXTS, TEXT_EXT, UNLABELLED, VIDEO_EXTS, json_bytes,
                      split_member_name)
-from .foreign_labels import (LABEL_EXTS, assign_labels, choose_label_source, classes_of, label_source_text,
-                             raw_label)
+from .foreign_labels import (LABEL_EXTS, assign_labels, check_source, classes_of, find_label_source,
+                             label_source_text, raw_label, source_of_key)
 from .manifest import MANIFEST_NAME, write_json_atomic
 from .sizes import bucket
 
@@ -270,10 +270,26 @@ def _image_size(data: bytes):
         return None
 
 
+def _tail(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
+
+
 def _wanted(name: str) -> bool:
-    """Members whose bytes the scan keeps: labels, .json and images (for the size stats)."""
-    ext = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
-    return ext in (*LABEL_EXTS, META_EXT, *FOREIGN_IMAGE_EXTS)
+    """Members whose bytes the scan reads: labels, .json and images (for the size stats); a
+    tar's bytes are let go once its samples are indexed."""
+    return _tail(name) in (*LABEL_EXTS, META_EXT, *FOREIGN_IMAGE_EXTS)
+
+
+def label_member(name: str) -> bool:
+    """Members a label may come from."""
+    return _tail(name) in (*LABEL_EXTS, META_EXT)
+
+
+def media_samples(tar: Path, wanted=label_member) -> list[ForeignSample]:
+    """The samples of ``tar`` that ``clvr shard index`` indexes (those with an image or video),
+    with the bytes of the members ``wanted`` names."""
+    return [s for s in group_members(tar, read_members(tar, wanted), Counter(), [])
+            if any(e in MEDIA_EXTS for e in s.exts())]
 
 
 def read_samples_file(path) -> dict:
@@ -317,13 +333,15 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
         raise ShardError("two tars have the same name; their index files would collide")
     reference = classes_of(classes_from) if classes_from is not None else None
     result = IndexResult(out)
+    source = source_of_key(label_key) if label_key is not None else None
+    found_in = None if label_key is None else -1       # the tar whose samples gave the label source
+    hint = "--label-key none" if label_key is not None and source is None else ""
     from .progress import Progress
     bar = Progress(len(tars), "index tars", enabled=progress, unit="tar")
-    per_tar = []                     # (tar, sha, bytes, [ForeignSample])
-    everything = []                  # (tar, sample) of every indexed sample, in manifest order
+    per_tar = []                     # (tar, sha, bytes, [(key, [IndexedComponent])], [raw label])
     sizes, components, undecodable = Counter(), Counter(), []
     try:
-        for tar in tars:
+        for n, tar in enumerate(tars):
             samples = group_members(tar, read_members(tar, _wanted), result.unknown, result.dotted)
             kept = []
             for s in samples:
@@ -344,39 +362,48 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
                         sizes[bucket(*size)] += 1
                 components.update(e for e, _ in s.members)
                 kept.append(s)
-                everything.append((tar, s))
-            per_tar.append((tar, sha256_file(tar), tar.stat().st_size, kept))
+            if found_in is None:
+                source, hint = find_label_source([(tar, s) for s in kept])
+                found_in = n if source is not None else None
+            values = [raw_label(tar, s, source) for s in kept] if source is not None else [None] * len(kept)
+            entries = [(s.key, [IndexedComponent(ext, m.offset, m.size, m.name) for ext, m in s.members])
+                       for s in kept]                 # (the members' bytes are let go here)
+            per_tar.append((tar, sha256_file(tar), tar.stat().st_size, entries, values))
             bar.update()
     finally:
         bar.close()
-    if not everything:
+    if not any(entries for *_, entries, _ in per_tar):
         raise ShardError(f"{tar_dir}: no sample with an image or video in {len(tars)} tar(s) "
                          f"(image extensions: {', '.join(FOREIGN_IMAGE_EXTS)}, in any case)")
     if undecodable:
         raise ShardError(f"{len(undecodable)} image(s) whose header cannot be read, e.g. {undecodable[0]}; "
                          "re-shard them with 'clvr shard images', which converts or rejects each")
-    source, result.label_hint = choose_label_source(everything, label_key)
-    if source is not None:
-        raw = [raw_label(t, s, source) for t, s in everything]
-        ids, classes = assign_labels(raw, [f"{t}: key {s.key}" for t, s in everything], reference)
-    else:
-        ids, classes = [UNLABELLED] * len(everything), None
+    if label_key is not None and source is not None:
+        check_source(source, label_key, {e.lower() for e in components})
+    for n in range(found_in or 0):                  # tars before the one that showed where labels are
+        tar = per_tar[n][0]
+        per_tar[n] = (*per_tar[n][:4], [raw_label(tar, s, source) for s in media_samples(tar)])
+    origins = [(tar, key) for tar, _, _, entries, _ in per_tar for key, _ in entries]
+    raw = [v for *_, values in per_tar for v in values]
+    ids, classes = (assign_labels(raw, [f"{t}: key {k}" for t, k in origins], reference) if source is not None
+                    else ([UNLABELLED] * len(raw), None))
+    result.label_hint = hint
     labelled = classes is not None
     if labelled:
         result.label_source, result.classes = source, classes["names"]
         result.label_ids = {i for i in ids if i >= 0}
-        result.unlabelled = [{"shard": str(t), "key": s.key} for (t, s), i in zip(everything, ids) if i < 0]
+        result.unlabelled = [{"shard": str(t), "key": k} for (t, k), i in zip(origins, ids) if i < 0]
     elif source is not None:
         result.label_hint = f"{label_source_text(source)} give no label"
 
     out.mkdir(parents=True, exist_ok=True)
     records, position = [], 0
-    for tar, sha, nbytes, kept in per_tar:
+    for tar, sha, nbytes, kept, _ in per_tar:
         if not kept:
             continue
         stem = tar.stem
-        entries = [[IndexedComponent(ext, m.offset, m.size, m.name) for ext, m in s.members] for s in kept]
-        keys = [s.key for s in kept]
+        keys = [key for key, _ in kept]
+        entries = [comps for _, comps in kept]
         labels = ids[position:position + len(kept)] if labelled else None
         text = format_index(entries)
         result.encoded += [c.name for comps in entries for c in comps if field_name(c.name) != c.name]

@@ -78,26 +78,32 @@ def _json_label(value, where: str, source: str):
     return value
 
 
-def choose_label_source(samples: list[tuple[Path, ForeignSample]], label_key: str | None) -> tuple[str | None, str]:
-    """(label source, hint): ``cls`` / ``json:label`` / None, from ``--label-key`` or found."""
+def source_of_key(label_key: str) -> str | None:
+    """The label source ``--label-key`` names: ``cls``, ``json:FIELD``, or None (``none``)."""
+    label_key = label_key.strip()
+    if label_key.lower() == "none":
+        return None
+    if label_key.startswith("json:"):
+        if not label_key[5:]:
+            raise ShardError("--label-key json:FIELD needs a field name, e.g. json:label")
+        return label_key
+    return label_key.lstrip(".").lower()
+
+
+def check_source(source: str, label_key: str, present) -> None:
+    """``--label-key``'s source must be among the set's components (lower-case extensions)."""
+    need = META_EXT if source.startswith("json:") else source
+    if need not in present:
+        what = "the samples have no .json member" if need == META_EXT else f"no sample has a .{need} member"
+        raise ShardError(f"--label-key {label_key}: {what} (components: {', '.join(sorted(present))}; "
+                         "json:FIELD reads a .json field)")
+
+
+def find_label_source(samples: list[tuple[Path, ForeignSample]]) -> tuple[str | None, str]:
+    """(label source, hint) found in ``samples``: the first of :data:`LABEL_EXTS` they have, else
+    the first of :data:`JSON_LABEL_FIELDS` in their ``.json`` members (the first 256 looked at),
+    else None with a hint saying how to name one."""
     present = Counter(e for _, s in samples for e in s.exts())
-    if label_key is not None:
-        label_key = label_key.strip()
-        if label_key.lower() == "none":
-            return None, "--label-key none"
-        if label_key.startswith("json:"):
-            name = label_key[5:]
-            if not name:
-                raise ShardError("--label-key json:FIELD needs a field name, e.g. json:label")
-            if META_EXT not in present:
-                raise ShardError(f"--label-key {label_key}: the samples have no .json member "
-                                 f"(components: {', '.join(sorted(present))})")
-            return label_key, ""
-        ext = label_key.lstrip(".").lower()
-        if ext not in present:
-            raise ShardError(f"--label-key {label_key}: no sample has a .{ext} member "
-                             f"(components: {', '.join(sorted(present))}; json:FIELD reads a .json field)")
-        return ext, ""
     for ext in LABEL_EXTS:
         if ext in present:
             return ext, ""

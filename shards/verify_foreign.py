@@ -25,16 +25,10 @@ from .dali_index import IndexedComponent, IndexFileError, check_keys, field_name
 from .errors import Reject, ShardError
 from .fileio import file_problems
 from .format import META_EXT, VIDEO_EXTS
-from .foreign import FOREIGN_IMAGE_EXTS, MEDIA_EXTS, group_members, read_members, read_samples_file
-from .foreign_labels import LABEL_EXTS, assign_labels, raw_label
+from .foreign import FOREIGN_IMAGE_EXTS, media_samples, read_samples_file
+from .foreign_labels import assign_labels, raw_label
 from .manifest import MANIFEST_NAME, plain_name
 from .progress import Progress
-
-
-def _label_member(name: str) -> bool:
-    """Members whose bytes the rebuild keeps: the small ones a label may come from."""
-    ext = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
-    return ext in (*LABEL_EXTS, META_EXT)
 
 
 def _decode_foreign(where: str, ext: str, data: bytes) -> str | None:
@@ -83,8 +77,7 @@ def _first_index_difference(written, rebuilt, keys: list[str]) -> str:
 def _rebuild(tar: Path) -> tuple[list, list]:
     """What ``clvr shard index`` finds in ``tar`` now: its samples with an image or video
     (``ForeignSample``s, labels' bytes read) and their index entries."""
-    samples = group_members(tar, read_members(tar, _label_member), Counter(), [])
-    kept = [s for s in samples if any(e in MEDIA_EXTS for e in s.exts())]
+    kept = media_samples(tar)
     entries = [[IndexedComponent(ext, m.offset, m.size, m.name) for ext, m in s.members] for s in kept]
     # the index as written and parsed back (names with white space percent-encoded)
     return kept, parse_index(format_index(entries), str(tar))

@@ -312,3 +312,15 @@ def test_an_image_dali_cannot_decode_is_skipped_by_name(clvr, tmp_path):
     manifest = json.loads((src / "manifest.json").read_text())
     assert manifest["skipped"]["samples"][0]["reason"].startswith("a .gif image, which DALI cannot decode")
     assert sorted(read_epoch(src)) == list(range(5))
+
+
+def test_labels_that_start_in_a_later_tar_are_found_and_the_earlier_samples_unlabelled(clvr, tmp_path):
+    from clvr.shards.wild import write
+    src = tmp_path / "late"
+    write(src, [{"key": f"k{i:02d}", "label": None if i < 7 else i % 3} for i in range(14)], maxcount=7)
+    r = clvr("shard", "index", src, "--no-progress")
+    assert r.code == 0 and "labels from the .cls members" in r.out
+    m = json.loads((src / "manifest.json").read_text())
+    assert m["unlabelled"]["count"] == 7 and m["label_counts"] == {"0": 2, "1": 3, "2": 2}
+    labels = json.loads((src / "shard-00001.samples.json").read_text())["labels"]
+    assert labels == [i % 3 for i in range(7, 14)]
