@@ -21,6 +21,10 @@ so on one process a resumed run ends with the same weights as an uninterrupted o
 
 SIGTERM (a preempted job) writes a checkpoint at the end of the current step and exits 0.
 
+A run directory has one owner: the main process takes ``OUT/.clvr-train.lock`` (an ``flock``,
+dropped by the kernel however the process ends) before anything reads or writes there, and a
+second ``clvr train`` into it is refused, naming the first's pid and host.
+
 Nothing is left out silently: under ``data.on_error = skip`` every sample a loader skips (the
 training loader's and the kNN monitor's) is printed on stderr (the first ``SHOW_SKIPPED``, then a
 count at each epoch's end), written to ``metrics.jsonl`` as an event line
@@ -47,6 +51,10 @@ from .checkpoint import (checkpoint_step, list_checkpoints, load_checkpoint, res
 from .errors import MethodError
 from .optimizers import build_optimizer, scaled_lr
 from .schedules import build_scheduler, epochs_to_steps
+
+
+#: the lock file that makes a run directory one run's (:meth:`Trainer._own`)
+RUN_LOCK = ".clvr-train.lock"
 
 
 class TrainingError(MethodError):
@@ -76,6 +84,42 @@ class Trainer:
 
     def __init__(self, config: cfg.TrainConfig, data, out, resume: str | None = None, val=None,
                  settings: str = "as configured"):
+        self._lock = None
+        try:
+            self._setup(config, data, out, resume, val, settings)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give up the run directory (:meth:`run` does at its end, and a failed set-up at once)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self):
+        try:
+            self.release()      # a trainer set up but never run, in a long-lived process
+        except Exception:
+            pass
+
+    def _own(self) -> None:
+        """One run per directory: the main process creates ``OUT`` and takes its lock
+        (``OUT/.clvr-train.lock``, host and pid) before anything reads or writes there; a second
+        ``clvr train`` into it is refused, naming the first."""
+        from ..shards.errors import ShardError
+        from ..shards.lock import OutputLock
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = OutputLock(self.out, RUN_LOCK, "clvr train", "--out").acquire()
+        except ShardError as e:
+            raise cfg.ConfigError(str(e)) from None
+        left = self._lock.taken_over
+        if left:
+            self._say(f"{self.out}: taking over the run directory from pid {left['pid']} on host "
+                      f"{left.get('host')}, which no longer holds it")
+
+    def _setup(self, config, data, out, resume, val, settings) -> None:
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         from ..pipeline import ViewLoader
@@ -108,6 +152,8 @@ class Trainer:
                                        log_with="tensorboard" if self.tensorboard else None,
                                        project_dir=str(self.out))
         acc = self.accelerator
+        if acc.is_main_process:
+            self._own()
         torch.manual_seed(config.seed)
         d = config.data
         view_options = {**cls.view_options, **d.view_options}
@@ -398,6 +444,7 @@ class Trainer:
                 bar.close()
             if metrics is not None:
                 metrics.close()
+            self.release()          # last: nothing of this run is written after another may start
         return result
 
     def _loop(self, metrics, bar) -> dict:

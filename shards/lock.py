@@ -1,9 +1,11 @@
-"""One writer per output directory: an exclusive ``flock`` on ``OUT/.clvr-shard.lock``.
+"""One writer per output directory: an exclusive ``flock`` on ``OUT/.clvr-shard.lock`` (``clvr
+shard``) or ``OUT/.clvr-train.lock`` (``clvr train``, a run directory).
 
 The kernel drops the lock when its process ends, however it ends (crash, SIGKILL), so a lock
 left by a dead writer never blocks the next run, and there is no window in which two writers
 can both decide that a stale lock is theirs. The file holds the writer's host and pid, for the
-message that refuses a second writer.
+message that refuses a second writer; a file left by a writer that died is taken over, and
+``taken_over`` says whose it was.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ os.register_at_fork(after_in_child=_close_in_child)
 
 
 class OutputLock:
-    def __init__(self, out: Path):
-        self.path = Path(out) / LOCK_NAME
+    def __init__(self, out: Path, name: str = LOCK_NAME, command: str = "clvr shard", choose: str = "OUT"):
+        self.path = Path(out) / name
+        self.command, self.choose = command, choose
         self.fd: int | None = None
+        self.taken_over: dict | None = None    # host and pid in a file left by a writer that died
 
     def acquire(self) -> "OutputLock":
         while True:
@@ -55,8 +59,8 @@ class OutputLock:
                 who = (f"pid {holder['pid']} on host {holder.get('host')}" if "pid" in holder
                        else "it is just starting")
                 raise ShardError(
-                    f"{self.path.parent}: another 'clvr shard' is writing here ({who}); wait for it to "
-                    "finish, or choose another OUT") from None
+                    f"{self.path.parent}: another '{self.command}' is writing here ({who}); wait for it to "
+                    f"finish, or choose another {self.choose}") from None
             # The previous holder may have removed the file between our open and our lock: then we
             # hold a lock on a file nobody else can see, and must start again.
             try:
@@ -66,6 +70,8 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
+        left = self._holder(fd)
+        self.taken_over = left if "pid" in left else None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
         self.fd = fd
