@@ -148,8 +148,8 @@ def finetune(encoder: nn.Module, data, num_classes: int, *, size: int, config: F
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+        from ..shards.progress import bar as progress_bar      # plain lines when stderr is a log file
+        bar = progress_bar(steps, desc, "step", leave=False)
     model.train()
     step = unlabelled = 0
     try:

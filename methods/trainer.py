@@ -431,9 +431,8 @@ class Trainer:
             self._write(None, self.plan().text().rstrip("\n"))
         bar = None
         if main and c.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                       desc=f"{self.method_cls.name}")
+            from ..shards.progress import bar as progress_bar      # plain lines when stderr is a log file
+            bar = progress_bar(self.total_steps, f"{self.method_cls.name}", "step", initial=self.step)
         try:
             result = self._loop(metrics, bar)
         finally:
