@@ -11,6 +11,7 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 def build_parser(sub) -> None:
@@ -68,8 +69,12 @@ def _train(args) -> int:
     except (MethodError, PipelineError, CheckpointError) as e:
         print(f"clvr train: {e}", file=sys.stderr)
         return EXIT_FAILED if isinstance(e, TrainingError) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nclvr train: interrupted twice: stopped at once, without a checkpoint of this step (resume from "
+              "the last one with --resume auto)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if trainer.accelerator.is_main_process:
-        how = "stopped by SIGTERM" if summary["stopped_by_signal"] else "done"
+        how = f"stopped by {summary['signal']}" if summary["stopped_by_signal"] else "done"
         print(f"{how}: {summary['steps']}/{summary['total_steps']} steps; checkpoint {summary['checkpoint']}"
               + (f"; {summary['skipped_steps']} step(s) skipped (non-finite loss)" if summary["skipped_steps"] else "")
               + (f"; {summary['skipped_samples']} sample(s) skipped as unreadable (data.on_error = skip; each is "

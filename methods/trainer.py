@@ -19,7 +19,9 @@ RNG states, the position in the data (epoch, step) and the configuration. ``--re
 continues from the newest one; the loader is positioned at the same batch (:meth:`ViewLoader.seek`),
 so on one process a resumed run ends with the same weights as an uninterrupted one.
 
-SIGTERM (a preempted job) writes a checkpoint at the end of the current step and exits 0.
+SIGTERM (a preempted job), SIGINT (Ctrl-C) or SIGUSR1 (Slurm before a time limit) to any process
+stops every process at the end of the same step, with one checkpoint, and exits 0; a second
+Ctrl-C aborts at once (exit 130).
 
 A run directory has one owner: the main process takes ``OUT/.clvr-train.lock`` (an ``flock``,
 dropped by the kernel however the process ends) before anything reads or writes there, and a
@@ -212,6 +214,8 @@ class Trainer:
         if path is not None:
             self._restore(path)
         self._stop = False
+        self._signalled: str | None = None      # the first stop signal this process received
+        self._interrupts = 0
 
     def _say(self, text: str) -> None:
         """A line on stderr from the main process: what long first-use work is doing."""
@@ -409,8 +413,29 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def _on_sigterm(self, signum, frame):
-        self._stop = True
+    def _on_signal(self, signum, frame):
+        """SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 (Slurm, before a time limit): stop at the end of the
+        step, agreed by every process (:meth:`_agree_stop`); a second Ctrl-C aborts at once."""
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt
+        if self._signalled is None:
+            self._signalled = signal.Signals(signum).name
+
+    def _agree_stop(self) -> None:
+        """After each step: every process stops when any has been signalled (each node of a
+        pre-empted job may be signalled at a different moment), so all checkpoint one step."""
+        flag = self._signalled is not None
+        if self.accelerator.num_processes > 1:
+            from .distributed import max_across_processes
+            flag = bool(max_across_processes([int(flag)], self.accelerator.device)[0])
+        if flag and not self._stop:
+            self._stop = True
+            if self.accelerator.is_main_process:
+                how = self._signalled or "a signal to another process"
+                self._write(None, f"clvr train: {how} received: stopping after step {self.step} with a "
+                                  "checkpoint (every process)")
 
     def run(self) -> dict:
         acc, c = self.accelerator, self.config
@@ -422,7 +447,8 @@ class Trainer:
             # the shards the run read: clvr eval previews the run's views on them
             write_atomic(self.out / "data.json", (json.dumps(self.data_specs, indent=1) + "\n").encode())
         self.last_checkpoint = None
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        stop_signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+        previous = {s: signal.signal(s, self._on_signal) for s in stop_signals}
         metrics = open(self.out / "metrics.jsonl", "a") if main else None
         if self.tensorboard:
             acc.init_trackers("tensorboard", config={k: v for k, v in _flat(cfg.to_dict(c)).items()
@@ -436,7 +462,8 @@ class Trainer:
         try:
             result = self._loop(metrics, bar)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             if self.tensorboard:
                 acc.end_training()
             if bar is not None:
@@ -462,6 +489,7 @@ class Trainer:
                         bar.set_postfix_str("first step (builds kernels, fills the data queue)")
                 logs = self._train_step(batch)
                 self.step += 1
+                self._agree_stop()
                 measured = self.timer.step()
                 if measured is not None and acc.is_main_process:
                     self._measured_estimate(measured, bar)
@@ -502,7 +530,8 @@ class Trainer:
         path = self.checkpoint()
         stopped = self._stop and self.step < self.total_steps
         return {"steps": self.step, "total_steps": self.total_steps, "checkpoint": path,
-                "stopped_by_signal": stopped, "skipped_steps": self.skipped_steps,
+                "stopped_by_signal": stopped, "signal": (self._signalled or "a signal to another process")
+                if stopped else None, "skipped_steps": self.skipped_steps,
                 "resumed_from": self.resumed_from, "skipped_samples": self.skipped_samples,
                 "repeats_dropped": self.repeats_dropped, "notes": list(self.notes)}
 
