@@ -6,6 +6,11 @@ left by a dead writer never blocks the next run, and there is no window in which
 can both decide that a stale lock is theirs. The file holds the writer's host and pid, for the
 message that refuses a second writer; a file left by a writer that died is taken over, and
 ``taken_over`` says whose it was.
+
+A lock covers the tree below its folder: a writer into ``OUT`` is refused while another writes
+into a folder above ``OUT`` (``clvr shard ... NX`` writing ``NX/train``) or below it, and the
+other way round. Each writer first takes its own lock and then looks for held ones above and
+below, so of two writers that start together at least one sees the other.
 """
 
 from __future__ import annotations
@@ -36,6 +41,30 @@ def _close_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_close_in_child)
+
+
+def _held_by(path: Path) -> dict | None:
+    """The holder (host, pid) of the lock file ``path`` when a live writer holds it, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        holder = OutputLock._holder(fd)
+        if holder.get("host") == socket.gethostname() and "pid" in holder:
+            try:
+                os.kill(int(holder["pid"]), 0)
+            except ProcessLookupError:
+                return None                  # its writer died: a file left behind
+            except (PermissionError, ValueError, OverflowError):
+                pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return holder                    # held
+        return None                          # nobody holds it (closing the file lets it go)
+    finally:
+        os.close(fd)
 
 
 class OutputLock:
@@ -72,11 +101,31 @@ class OutputLock:
             os.close(fd)
         left = self._holder(fd)
         self.taken_over = left if "pid" in left else None
+        try:
+            self._check_tree()
+        except ShardError:
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
         self.fd = fd
         _HELD.add(fd)
         return self
+
+    def _check_tree(self) -> None:
+        """Refuse when a lock of the same name is held in a folder above or below ours."""
+        top = self.path.parent.resolve()
+        name = self.path.name
+        above = [d / name for d in top.parents]
+        below = [p for p in top.rglob(name) if p.parent != top] if top.is_dir() else []
+        for other in above + below:
+            holder = _held_by(other)
+            if holder is not None:
+                who = f"pid {holder['pid']} on host {holder.get('host')}" if "pid" in holder else "another process"
+                where = "above" if other in above else "inside"
+                raise ShardError(f"{self.path.parent}: another '{self.command}' is writing into {other.parent}, "
+                                 f"a folder {where} it ({who}); wait for it to finish, or choose another "
+                                 f"{self.choose} outside it")
 
     @staticmethod
     def _holder(fd: int) -> dict:
@@ -85,6 +134,9 @@ class OutputLock:
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
+
+    def __repr__(self) -> str:
+        return f"OutputLock({self.path})"
 
     def release(self) -> None:
         if self.fd is not None:

@@ -161,6 +161,26 @@ def test_second_writer_is_refused_while_the_first_runs(tmp_path, clvr):
     assert r.code == 0, r.err  # the holder is gone, and so is its lock
 
 
+@pytest.mark.parametrize("held,written", [("nx", "nx/train"), ("nx/train", "nx")])
+def test_a_writer_above_or_below_is_refused_by_name(tmp_path, clvr, held, written):
+    (tmp_path / held).mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / held / LOCK_NAME)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = clvr("shard", "demo", "digits", tmp_path / written, "--limit", "20", "--no-progress", "--workers", "1")
+        where = "above" if len(held) < len(written) else "inside"
+        assert r.code == 2, r.err
+        assert (f"another 'clvr shard' is writing into {tmp_path / held}, a folder {where} it (pid {holder.pid}"
+                in r.err)
+        assert not (tmp_path / written / "manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    r = clvr("shard", "demo", "digits", tmp_path / written, "--limit", "20", "--no-progress", "--workers", "1")
+    assert r.code == 0, r.err  # the other is gone (its file left behind does not block)
+
+
 def test_a_lock_file_left_behind_does_not_block(tmp_path, clvr):
     out = tmp_path / "out"
     out.mkdir()
