@@ -524,6 +524,8 @@ class Trainer:
                     self._log_knn(metrics, bar)
                 if acc.num_processes == 1 or done_epoch:      # several: gathered at epoch ends
                     self._report_skips(metrics, bar, epoch_end=done_epoch)
+                if self._stop:
+                    break       # before the next batch is made: the last checkpoint holds this step's state
         if self.knn_loaders and not self._stop:
             self._log_knn(metrics, bar)
         self._report_skips(metrics, bar, epoch_end=True)
