@@ -152,7 +152,10 @@ def find_bad(loader, runs_done: int) -> list[tuple[str, str, str, int]]:
     opts = reader_mod.ReadOptions(rank=loader.rank, world_size=loader.world_size, shuffle=loader.shuffle,
                                   shuffle_buffer=loader.shuffle_buffer, seed=loader.seed)
     ahead = loader.prefetch + 2
-    fields = [f for f in loader.fields if f != "index" or not loader._by_order] or loader.fields
+    # the smallest member that names each sample: index.i64, or (a clvr shard index set has none)
+    # the image or video; every component's offset finds its sample
+    fields = [next((f for f in loader.fields if f in ("image", "video")), loader.fields[-1])] if loader._by_order \
+        else ["index"]
     sources = in_flight(loader.shards, opts, loader._index_files, fields, loader.batch_size, runs_done, ahead)
     bad = []
     for tar, entry in locate(loader, sources):

@@ -295,12 +295,15 @@ class ViewLoader:
                 self.skipped.append({"shard": shard.tar, "key": entries[position].key, "reason": reason})
         if len(drop) >= len(entries):
             return None                      # nothing left: the caller leaves the shard out
+        samples = dali_index.read_index(shard.index)
+        return self._write_index(shard, [comps for position, comps in enumerate(samples) if position not in drop])
+
+    def _write_index(self, shard, samples: list) -> str:
+        """A changed copy of ``shard``'s index file, in the loader's temporary folder."""
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="clvr-index-")
-        samples = dali_index.read_index(shard.index)
-        keep = [comps for position, comps in enumerate(samples) if position not in drop]
         path = Path(self._tmp.name) / f"{len(os.listdir(self._tmp.name))}-{Path(shard.index).name}"
-        path.write_text(dali_index.format_index(keep), encoding="utf-8")
+        path.write_text(dali_index.format_index(samples), encoding="utf-8")
         return str(path)
 
     def _remote_feed(self, opts) -> remote_mod.Feed:
@@ -522,11 +525,11 @@ class ViewLoader:
         for shard, index in zip(self.shards.shards, self._index_files):
             samples = dali_index.read_index(index)
             real = os.path.realpath(shard.tar)
-            bad = [n for n, comps in enumerate(samples) if (real, min(c.offset for c in comps)) in self._excluded]
+            bad = {n for n, comps in enumerate(samples) if (real, min(c.offset for c in comps)) in self._excluded}
             if not bad:
                 out.append(index)
                 continue
-            good = [n for n in range(len(samples)) if n not in set(bad)
+            good = [n for n in range(len(samples)) if n not in bad
                     and any(c.ext.lower() in media for c in samples[n])]
             if not good:
                 return None
@@ -534,11 +537,7 @@ class ViewLoader:
                 lender = next(c for c in samples[min(good, key=lambda g: abs(g - n))] if c.ext.lower() in media)
                 samples[n] = [dali_index.IndexedComponent(c.ext, lender.offset, lender.size, STAND_IN)
                               if c.ext.lower() in media else c for c in samples[n]]
-            if self._tmp is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="clvr-index-")
-            path = Path(self._tmp.name) / f"{len(os.listdir(self._tmp.name))}-{Path(shard.index).name}"
-            path.write_text(dali_index.format_index(samples), encoding="utf-8")
-            out.append(str(path))
+            out.append(self._write_index(shard, samples))
         return out
 
     # -- conversion ---------------------------------------------------------------------------
@@ -657,13 +656,13 @@ class ViewLoader:
 def _index_bound(shards: ShardSet) -> float:
     """One past the largest global index the set may serve: from its manifest's shards
     (``first_index`` + samples), else its totals; unbounded for tars without a manifest."""
+    total = (shards.manifest or {}).get("totals", {}).get("samples")
+    total = total if isinstance(total, int) else None
     ends = [s.first_index + s.samples for s in shards.shards
             if s.first_index is not None and s.samples is not None]
     if ends and len(ends) == len(shards.shards):
-        total = (shards.manifest or {}).get("totals", {}).get("samples")
-        return max(max(ends), total if isinstance(total, int) else 0)
-    total = (shards.manifest or {}).get("totals", {}).get("samples")
-    return total if isinstance(total, int) else float("inf")
+        return max(*ends, total or 0)
+    return float("inf") if total is None else total
 
 
 def _selection(samples) -> frozenset[int]:

@@ -69,7 +69,7 @@ def field_exts(shards: ShardSet, field: str) -> list[str]:
 
 
 def has_field(shards: ShardSet, field: str) -> bool:
-    return any(e.lower() in {c.lower() for c in shards.components} for e in FIELDS[field][0].split(";"))
+    return any(e in shards.components for e in field_exts(shards, field))
 
 
 def index_from_order(shards: ShardSet) -> bool:
