@@ -324,3 +324,16 @@ def test_labels_that_start_in_a_later_tar_are_found_and_the_earlier_samples_unla
     assert m["unlabelled"]["count"] == 7 and m["label_counts"] == {"0": 2, "1": 3, "2": 2}
     labels = json.loads((src / "shard-00001.samples.json").read_text())["labels"]
     assert labels == [i % 3 for i in range(7, 14)]
+
+
+def test_a_side_file_of_another_length_is_named_not_an_index_error(clvr, tmp_path):
+    from clvr.pipeline import PipelineError, ViewLoader
+    src = tmp_path / "set"
+    write_layout("class folders in the key", src)
+    assert clvr("shard", "index", src, "--no-progress").code == 0
+    side = sorted(src.glob("*.samples.json"))[0]
+    data = json.loads(side.read_text())
+    data["keys"], data["labels"] = data["keys"][:-1], data["labels"][:-1]
+    side.write_text(json.dumps(data))
+    with pytest.raises(PipelineError, match=rf"{side.name}: lists 6 samples, .*shard-00000.idx 7"):
+        ViewLoader(src, "two_view", recipe="simclr-cifar", batch_size=4, device="cpu")
