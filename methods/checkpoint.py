@@ -49,9 +49,16 @@ def save_checkpoint(run_dir, step: int, state: dict, keep: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_target(path, f".{os.getpid()}.tmp") as tmp:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+            sink = _WriteRecorder(f)
+            try:
+                torch.save(state, sink)
+                f.flush()
+                os.fsync(f.fileno())
+            except Exception as e:
+                if sink.error is not None and sink.error is not e:
+                    # torch reports a failed write as "unexpected pos ...": raise the system's error
+                    raise sink.error from e
+                raise
     _fsync_dir(folder)
     others = [p for p in list_checkpoints(run_dir) if p != path]
     for old in others[:max(len(others) - (keep - 1), 0)]:
@@ -60,6 +67,24 @@ def save_checkpoint(run_dir, step: int, state: dict, keep: int = 3) -> Path:
         except FileNotFoundError:      # pruned by another process meanwhile
             pass
     return path
+
+
+class _WriteRecorder:
+    """A file's ``write`` that keeps the first OSError (a full disk) for :func:`save_checkpoint`."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            if self.error is None:
+                self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -169,3 +194,13 @@ def set_rng_state(state: dict) -> None:
     if cuda is not None and torch.cuda.is_available():
         for device, s in enumerate(cuda[:torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s.cpu(), device)
+
+
+def seed_everything(seed: int, stream: int = 0) -> None:
+    """Seed every generator :func:`rng_state` captures from ``(seed, stream)``: a process of a
+    resumed run that has no saved state of its own (more processes than the checkpoint's)."""
+    mixed = np.random.SeedSequence([int(seed) % 2 ** 63, int(stream)]).generate_state(2)
+    value = int(mixed[0]) << 32 | int(mixed[1])
+    random.seed(value)
+    np.random.seed(int(mixed[0]))
+    torch.manual_seed(value)

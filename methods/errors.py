@@ -3,3 +3,7 @@
 
 class MethodError(ValueError):
     """A method cannot be built or cannot use the batch it was given (bad config, wrong views)."""
+
+
+class TrainingError(MethodError):
+    """Training cannot go on (non-finite loss, bad data for the method, a full disk); names what and where."""

@@ -27,6 +27,7 @@ Batches are not assumed to hold two views: a method asks for the views it needs
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -38,6 +39,15 @@ from ..pipeline.recipe import apply_overrides
 from .backbones import backbone as make_image_backbone
 from .distributed import max_across_processes, rank_and_world
 from .errors import MethodError
+
+
+
+#: method settings that are sizes (at least 1), with what they size
+SIZE_FIELDS = {"dim": "the embedding's width", "hidden": "the head's hidden width",
+               "predictor_hidden": "the predictor's hidden width", "queue": "keys kept as negatives",
+               "negatives": "negatives drawn per sample", "text_length": "bytes per caption",
+               "steps": "rows predicted ahead", "context_layers": "layers of the context network",
+               "directions": "directions predicted", "bn_splits": "BatchNorm groups"}
 
 
 class MethodOutput(NamedTuple):
@@ -105,8 +115,14 @@ class Method(nn.Module):
     @classmethod
     def check_config(cls, config) -> None:
         """Raise :class:`MethodError` for values that are well-typed but wrong (e.g. a
-        non-positive temperature). Subclasses extend it."""
+        non-positive temperature). Subclasses extend it. For every method: floats must be finite,
+        sizes (:data:`SIZE_FIELDS`: feature and hidden widths, queue and negatives) at least 1."""
         for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MethodError(f"method {cls.name!r}: {f.name} = {value} must be a finite number")
+            if f.name in SIZE_FIELDS and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise MethodError(f"method {cls.name!r}: {f.name} = {value} must be at least 1 ({SIZE_FIELDS[f.name]})")
             if f.name == "temperature" and not getattr(config, f.name) > 0:
                 raise MethodError(f"method {cls.name!r}: temperature = {config.temperature} must be positive "
                                   "(the similarities are divided by it; the papers use 0.07 to 0.5)")

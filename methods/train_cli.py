@@ -28,10 +28,14 @@ def build_parser(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file of config overrides")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (dotted: optim.lr=0.5, model.temperature=0.2, data.batch_size=64)")
-    p.add_argument("--out", default="runs/run", type=Path, metavar="RUN_DIR",
+    p.add_argument("--out", default="runs/run", metavar="RUN_DIR",
                    help="run directory: config.yaml, metrics.jsonl, checkpoints/ (default runs/run)")
     p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint of RUN_DIR (auto) "
                    "or from a checkpoint file")
+    p.add_argument("--resume-changed", nargs="+", default=[], metavar="KEY",
+                   help="resume although these settings differ from the checkpoint's (data.batch_size, seed, "
+                        "world_size, data_set, optim...; a section names all its keys); without it such a "
+                        "difference is refused by name")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
     p = sub.add_parser("export", help="write a trained run's encoder as safetensors + a JSON sidecar",
@@ -64,7 +68,8 @@ def _train(args) -> int:
     from .checkpoint import CheckpointError
     from .trainer import Trainer, TrainingError
     try:
-        trainer = Trainer(config, args.data, args.out, resume=args.resume, val=args.val, settings=settings)
+        trainer = Trainer(config, args.data, args.out, resume=args.resume, val=args.val, settings=settings,
+                          resume_changed=args.resume_changed)
         summary = trainer.run()
     except (MethodError, PipelineError, CheckpointError) as e:
         print(f"clvr train: {e}", file=sys.stderr)

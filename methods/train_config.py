@@ -108,7 +108,61 @@ def _get(config, dotted: str):
     return obj
 
 
+def _numbers(obj, prefix: str = ""):
+    """(dotted key, value) of every float of a config (a list's items as KEY[i]); the method's
+    ``model`` mapping is left to the method's own checks."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, key + ".")
+        elif isinstance(value, float):
+            yield key, value
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if isinstance(item, float):
+                    yield f"{key}[{i}]", item
+
+
+#: (key, lowest, highest, whether the bounds are included, what the range means)
+RANGES = (
+    ("optim.momentum", 0.0, 1.0, (True, False), "SGD's momentum; the papers use 0.9"),
+    ("optim.weight_decay", 0.0, None, (True, None), "0 turns it off; the papers use 1e-6 to 1e-4"),
+    ("optim.eta", 0.0, None, (False, None), "LARS's trust coefficient; the papers use 0.001 to 0.02"),
+    ("schedule.warmup_epochs", 0.0, None, (True, None), "epochs of linear warm-up; 0 for none"),
+    ("slow_epoch_hours", 0.0, None, (True, None), "0 never warns"),
+)
+
+
+def _in_range(value, low, high, closed) -> bool:
+    if low is not None and (value < low if closed[0] else value <= low):
+        return False
+    if high is not None and (value > high if closed[1] else value >= high):
+        return False
+    return True
+
+
 def check(config: TrainConfig) -> TrainConfig:
+    import math
+    for key, value in _numbers(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"config {key} = {value} must be a finite number")
+    for key, low, high, closed, meaning in RANGES:
+        value = _get(config, key)
+        if not _in_range(value, low, high, closed):
+            bounds = (("[" if closed[0] else "(") + f"{low:g}, " + (f"{high:g}" if high is not None else "inf")
+                      + ("]" if high is not None and closed[1] else ")"))
+            raise ConfigError(f"config {key} = {value:g} must be in {bounds} ({meaning})")
+    for i, beta in enumerate(config.optim.betas):
+        if not 0 <= beta < 1:
+            raise ConfigError(f"config optim.betas = {list(config.optim.betas)}: each must be in [0, 1) (AdamW's "
+                              f"moving-average factors, e.g. [0.9, 0.999]); item {i} is {beta:g}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2 ** 32:
+        raise ConfigError(f"config seed = {config.seed!r} must be an integer in [0, 2^32)")
+    if config.data.shuffle_buffer < 0:
+        raise ConfigError(f"config data.shuffle_buffer = {config.data.shuffle_buffer} must not be negative "
+                          "(samples held for shuffling; 0 or 1: the shards' order only)")
+    if any(m < 0 for m in config.schedule.milestones if isinstance(m, (int, float))):
+        raise ConfigError(f"config schedule.milestones = {list(config.schedule.milestones)} must not be negative")
     for key, choices in CHOICES.items():
         if _get(config, key) not in choices:
             raise ConfigError(f"config {key} = {_get(config, key)!r}; choose one of {', '.join(choices)}")
@@ -236,13 +290,6 @@ def to_dict(config: TrainConfig) -> dict:
             return [plain(x) for x in v]
         return v
     return plain(dataclasses.asdict(config))
-
-
-def write_yaml(config: TrainConfig, path) -> None:
-    import yaml
-    from ..shards.fileio import write_atomic
-    text = yaml.safe_dump(to_dict(config), sort_keys=False)
-    write_atomic(Path(path), text.encode())
 
 
 def data_sizes(data):

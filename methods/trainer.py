@@ -40,6 +40,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import signal
 import time
 import warnings
@@ -48,19 +49,18 @@ from pathlib import Path
 import torch
 
 from . import train_config as cfg
-from .checkpoint import (checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, rng_state,
-                         save_checkpoint, set_rng_state)
-from .errors import MethodError
+from .checkpoint import (CHECKPOINTS, checkpoint_path, checkpoint_step, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         resolve_resume, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from .errors import TrainingError
+from .metrics import MetricsLog
+from .resume import DATA, ResumeError, compare, converted_step, data_fingerprint, refusal
+from .run_dir import check_out, disk_full, full_message
 from .optimizers import build_optimizer, scaled_lr
 from .schedules import build_scheduler, epochs_to_steps
 
 
 #: the lock file that makes a run directory one run's (:meth:`Trainer._own`)
 RUN_LOCK = ".clvr-train.lock"
-
-
-class TrainingError(MethodError):
-    """Training cannot go on (non-finite loss, bad data for the method); names what and where."""
 
 
 def _normalization(loader) -> dict:
@@ -85,10 +85,10 @@ class Trainer:
     SHOW_SKIPPED = 20
 
     def __init__(self, config: cfg.TrainConfig, data, out, resume: str | None = None, val=None,
-                 settings: str = "as configured"):
+                 settings: str = "as configured", resume_changed=()):
         self._lock = None
         try:
-            self._setup(config, data, out, resume, val, settings)
+            self._setup(config, data, out, resume, val, settings, tuple(resume_changed or ()))
         except BaseException:
             self.release()
             raise
@@ -121,13 +121,18 @@ class Trainer:
             self._say(f"{self.out}: taking over the run directory from pid {left['pid']} on host "
                       f"{left.get('host')}, which no longer holds it")
 
-    def _setup(self, config, data, out, resume, val, settings) -> None:
+    def _setup(self, config, data, out, resume, val, settings, resume_changed) -> None:
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         from ..pipeline import ViewLoader
         from .registry import get_method
 
-        self.config, self.out = config, Path(out)
+        # the method's settings are checked before anything is built or written: a typo in model.*
+        # or a temperature of 0 is refused at once, by name
+        self.method_cls = get_method(config.method)
+        method_config = self.method_cls.make_config(config.model)
+        # an unusable --out (empty, a file, read-only) is one line now, not after the pipeline is built
+        self.config, self.out = config, check_out(out)
         self.notes: list[str] = []            # said before the run, repeated in the summary
         self.skipped_samples = self.repeats_dropped = 0
         self._skips_read: dict[str, int] = {}  # loader name -> entries of its skipped list reported
@@ -136,7 +141,6 @@ class Trainer:
         self._knn_left_out_said = False
         self.settings = settings              # how the settings were chosen, for the plan
         self.data_specs = {"data": str(data), "val": None if val is None else str(val)}
-        self.method_cls = get_method(config.method)
         cls = self.method_cls
         if config.grad_accum > 1 and cls.in_batch_negatives:
             raise cfg.ConfigError(
@@ -156,12 +160,17 @@ class Trainer:
         acc = self.accelerator
         if acc.is_main_process:
             self._own()
+        # what --resume asks for is read and compared first: settings that change what the
+        # checkpoint means are refused by name before the pipeline and the model are built
+        self.resumed_from, self.resume_changes, self._resume_state = None, None, None
+        self.data_identity = None
+        path = resolve_resume(self.out, resume)
+        if path is not None:
+            self._resume_state = self._compare_resume(path, data, resume_changed)
         torch.manual_seed(config.seed)
         d = config.data
         view_options = {**cls.view_options, **d.view_options}
-        # the method's settings are checked before the data pipeline is built: a typo in model.*,
-        # a temperature of 0 or a queue shorter than a batch is refused at once, by name
-        method_config = cls.make_config(config.model)
+        # a queue shorter than a batch and the like: refused before the data pipeline is built
         cls.check_training(method_config, d.batch_size, acc.num_processes, view_options)
         self._say(f"building the DALI pipeline for {data} ({d.device} device; the first build takes a few seconds)")
         recipe = d.recipe or cls.recipe
@@ -209,10 +218,11 @@ class Trainer:
             **({"final": s.final} if kind == "cosine" else {}))
         self.model, self.optimizer = acc.prepare(self.method.to(acc.device), optimizer)
         self.step, self.skipped_steps = 0, 0
-        self.resumed_from = None
-        path = resolve_resume(self.out, resume)
+        if self.data_identity is None:
+            self.data_identity = data_fingerprint(self.loader.shards)
         if path is not None:
-            self._restore(path)
+            self._restore(path, self._resume_state)
+            self._resume_state = None           # the tensors are in the model now
         self._stop = False
         self._signalled: str | None = None      # the first stop signal this process received
         self._interrupts = 0
@@ -371,7 +381,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "rng": rng, "config": cfg.to_dict(self.config), "skipped_steps": self.skipped_steps,
-                "world_size": acc.num_processes,
+                "world_size": acc.num_processes, DATA: self.data_identity,
+                "steps_per_epoch": self.steps_per_epoch, "global_batch": self.global_batch,
                 "encoder": {"prefix": prefix,
                             "architecture": {"kind": kind, "name": self.method.config.backbone,
                                              "options": self.method.backbone_options(),
@@ -379,34 +390,101 @@ class Trainer:
                             "input": {**_normalization(self.loader),
                                       "layout": "B,T,3,H,W" if kind == "video" else "B,3,H,W"}}}
 
-    def _restore(self, path: Path) -> None:
+    def _compare_resume(self, path: Path, data, accept) -> dict:
+        """Load the checkpoint ``--resume`` names and compare its settings with this run's
+        (:mod:`.resume`): a guarded difference not in ``accept`` is refused by name."""
         state = load_checkpoint(path)
         if state.get("method") != self.method_cls.name:
-            raise TrainingError(f"{path}: a checkpoint of method {state.get('method')!r}, not {self.method_cls.name!r}")
-        if state.get("world_size") != self.accelerator.num_processes:
-            raise TrainingError(f"{path}: written by {state.get('world_size')} process(es); resume with as many "
-                                f"(now {self.accelerator.num_processes}), or the data order and negatives differ")
-        self.method.load_state_dict(state["model"])
+            raise ResumeError(f"--resume {path}: a checkpoint of method {state.get('method')!r}, not "
+                              f"{self.method_cls.name!r}; resume it with --method {state.get('method')}, "
+                              "or start a new run in another --out")
+        from ..pipeline.source import resolve as resolve_shards
+        self.data_identity = data_fingerprint(resolve_shards(data))
+        changes = compare(state, cfg.to_dict(self.config), self.accelerator.num_processes,
+                          self.data_identity, accept)
+        if changes.refused:
+            raise ResumeError(refusal(path, changes))
+        if changes.moves_position and not state.get("steps_per_epoch"):
+            raise ResumeError(f"--resume {path}: the checkpoint does not record its epoch length (written by "
+                              "an earlier clvr), so its position cannot be carried over to another batch size, "
+                              f"number of processes or data set ({', '.join(changes.accepted)})")
+        for note in changes.notes:
+            self.notes.append(note)
+            self._say(f"note: {note}")
+        for key, (old, new) in {**changes.accepted, **changes.free}.items():
+            self._say(f"resuming with {key} changed: {old!r} -> {new!r}"
+                      + (" (accepted by --resume-changed)" if key in changes.accepted else ""))
+        self.resume_changes = changes
+        return state
+
+    def _restore(self, path: Path, state: dict) -> None:
+        acc = self.accelerator
+        try:
+            self.method.load_state_dict(state["model"])
+        except RuntimeError as e:
+            shapes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+            raise ResumeError(f"--resume {path}: the checkpoint's state does not fit this run: "
+                              + ("; ".join(shapes) or str(e).splitlines()[0]).rstrip(".")
+                              + ". A memory bank or queue is as large as its data set and settings: resume with "
+                                "the checkpoint's, or start a new run (clvr export takes its encoder)") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") is not None and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][self.accelerator.process_index])
-        self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
+        if state.get("scaler") is not None and acc.scaler is not None:
+            acc.scaler.load_state_dict(state["scaler"])
+        saved_step = int(state["step"])
+        self.step, self.skipped_steps = saved_step, int(state.get("skipped_steps", 0))
+        rngs = state["rng"]
+        if acc.process_index < len(rngs) and len(rngs) == acc.num_processes:
+            set_rng_state(rngs[acc.process_index])
+        else:                           # another number of processes (accepted): a stream per process
+            seed_everything(self.config.seed * 1_000_003 + saved_step, acc.process_index)
+        changes = self.resume_changes
+        if changes is not None and changes.moves_position:
+            self.step = converted_step(saved_step, int(state["steps_per_epoch"]), int(state["global_batch"]),
+                                       self.steps_per_epoch, self.global_batch)
+            self._say(f"the saved step {saved_step} (epoch {saved_step // state['steps_per_epoch']}, "
+                      f"{state['steps_per_epoch']} steps of {state['global_batch']} images) continues as step "
+                      f"{self.step} ({self.steps_per_epoch} steps of {self.global_batch} images)")
+        if changes is not None and (changes.moves_position or set(changes.free) & {"epochs", "max_steps"}):
+            self._reschedule()
         newer = [p for p in list_checkpoints(self.out) if checkpoint_step(p) > self.step]
-        if newer:
+        if newer and self.step == saved_step:
             # they would be mixed with this run's new ones, and --resume auto would take them
             raise TrainingError(f"{path} is step {self.step}, but {self.out} holds later checkpoints "
                                 f"({', '.join(p.name for p in newer)}); move them away to go back to this one")
+        old = list_checkpoints(self.out) if self.step != saved_step else []
+        if old and acc.is_main_process:    # steps numbered anew: the old numbering moves aside
+            aside = self.out / f"{CHECKPOINTS}.before-step-{saved_step}"
+            aside.mkdir(exist_ok=True)
+            for p in old:
+                p.rename(aside / p.name)
+            self._say(f"the checkpoints counted in batches of {state['global_batch']} "
+                      f"({', '.join(p.name for p in old)}) moved to {aside}: --resume auto takes this run's")
         if self.step < self.total_steps:
             self.loader.seek(self.step // self.steps_per_epoch, self.step % self.steps_per_epoch)
         self.resumed_from = path
+
+    def _reschedule(self) -> None:
+        """The learning rate of the resumed step under this run's schedule (its length or its
+        step numbering changed): the scheduler's count and every group's lr."""
+        sched, k = self.scheduler, self.config.grad_accum
+        sched.last_epoch = self.step // k
+        for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._say(f"the lr schedule now spans {self.total_steps} steps: lr {self.optimizer.param_groups[0]['lr']:.4g} "
+                  f"at step {self.step}")
 
     def checkpoint(self) -> Path | None:
         state = self._state()           # every process takes part (RNG states are gathered)
         path = None
         if self.accelerator.is_main_process:
-            path = save_checkpoint(self.out, self.step, state, keep=self.config.keep)
+            try:
+                path = save_checkpoint(self.out, self.step, state, keep=self.config.keep)
+            except (OSError, RuntimeError) as e:
+                if isinstance(e, OSError) or disk_full(e):
+                    raise self._write_error(checkpoint_path(self.out, self.step), e) from None
+                raise
         self.accelerator.wait_for_everyone()
         self.last_checkpoint = path
         return path
@@ -437,19 +515,48 @@ class Trainer:
                 self._write(None, f"clvr train: {how} received: stopping after step {self.step} with a "
                                   "checkpoint (every process)")
 
+    def _start_files(self) -> MetricsLog:
+        """The main process's files of the run: config.yaml, data.json, and metrics.jsonl (cut
+        back to the resumed step, with a ``resumed`` event line saying from where and what changed)."""
+        from ..shards.fileio import write_atomic
+        import yaml
+        files = {"config.yaml": yaml.safe_dump(cfg.to_dict(self.config), sort_keys=False),
+                 # the shards the run read: clvr eval previews the run's views on them
+                 "data.json": json.dumps(self.data_specs, indent=1) + "\n"}
+        for name, text in files.items():
+            try:
+                write_atomic(self.out / name, text.encode(), f".{os.getpid()}.tmp")
+            except OSError as e:
+                raise self._write_error(self.out / name, e) from None
+        metrics = MetricsLog(self.out)
+        if self.resumed_from is not None:
+            dropped = metrics.cut_back(self.step)
+            metrics.open()
+            changes = self.resume_changes
+            metrics.write({"step": self.step, "event": "resumed", "checkpoint": str(self.resumed_from),
+                           "dropped_lines": dropped, **(changes.as_event() if changes else {})})
+            if dropped:
+                self._say(f"{metrics.path}: {dropped} line(s) logged after step {self.step} dropped "
+                          "(this run logs those steps again)")
+            return metrics
+        return metrics.open()
+
+    def _write_error(self, path, error: OSError) -> TrainingError:
+        if disk_full(error):
+            return TrainingError(full_message(path, latest_checkpoint(self.out)))
+        return TrainingError(f"cannot write {path} ({error.strerror or error})")
+
     def run(self) -> dict:
         acc, c = self.accelerator, self.config
         main = acc.is_main_process
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            cfg.write_yaml(c, self.out / "config.yaml")
-            from ..shards.fileio import write_atomic
-            # the shards the run read: clvr eval previews the run's views on them
-            write_atomic(self.out / "data.json", (json.dumps(self.data_specs, indent=1) + "\n").encode())
+        try:
+            metrics = self._start_files() if main else None
+        except BaseException:
+            self.release()
+            raise
         self.last_checkpoint = None
         stop_signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
         previous = {s: signal.signal(s, self._on_signal) for s in stop_signals}
-        metrics = open(self.out / "metrics.jsonl", "a") if main else None
         if self.tensorboard:
             acc.init_trackers("tensorboard", config={k: v for k, v in _flat(cfg.to_dict(c)).items()
                                                      if isinstance(v, (int, float, str, bool))})
@@ -512,8 +619,7 @@ class Trainer:
                                         **extra)
                     if write:
                         line = {"step": self.step, "epoch": epoch, "lr": lr, "images_per_s": rate, **logs}
-                        metrics.write(json.dumps(line) + "\n")
-                        metrics.flush()
+                        metrics.write(line)
                         if self.tensorboard:
                             acc.log({k: v for k, v in line.items() if k != "step"}, step=self.step)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < self.total_steps:
@@ -571,8 +677,8 @@ class Trainer:
         for e in new:
             self.skipped_samples += 1
             if metrics is not None:
-                metrics.write(json.dumps({"step": self.step, "event": "skipped", "epoch": e["epoch"], "set": e["set"],
-                                          "shard": e["shard"], "key": e["key"], "reason": e["reason"]}) + "\n")
+                metrics.write({"step": self.step, "event": "skipped", "epoch": e["epoch"], "set": e["set"],
+                               "shard": e["shard"], "key": e["key"], "reason": e["reason"]})
             if self._skips_shown < self.SHOW_SKIPPED:
                 self._skips_shown += 1
                 where = "" if e["set"] == "data" else f" ({e['set']})"
@@ -580,8 +686,6 @@ class Trainer:
                                  f"key {e['key']}: {e['reason']}")
             else:
                 self._skips_unshown += 1
-        if new and metrics is not None:
-            metrics.flush()
         if epoch_end and self._skips_unshown:
             self._write(bar, f"clvr train: epoch {epoch}: {self._skips_unshown} more skipped sample(s) not shown "
                              f"({self.skipped_samples} in all so far; each is an event line in metrics.jsonl)")
@@ -599,9 +703,8 @@ class Trainer:
         if self.collapse.started and self.accelerator.is_main_process:
             text = self.collapse.message(self.method_cls.name)
             if metrics is not None:
-                metrics.write(json.dumps({"step": self.step, "event": "collapse",
-                                          "feature_spread": self.collapse.last, "message": text}) + "\n")
-                metrics.flush()
+                metrics.write({"step": self.step, "event": "collapse", "feature_spread": self.collapse.last,
+                               "message": text})
             if bar is not None:
                 bar.write(f"step {self.step}: {text}")
             else:
@@ -625,14 +728,11 @@ class Trainer:
                     self.notes.append(text)
                     self._write(bar, f"clvr train: note: {text}")
                     if metrics is not None:
-                        metrics.write(json.dumps({"step": self.step, "event": "unlabelled", "set": name,
-                                                  "count": n["unlabelled"], "samples": n["samples"],
-                                                  "message": text}) + "\n")
-                        metrics.flush()
+                        metrics.write({"step": self.step, "event": "unlabelled", "set": name,
+                                       "count": n["unlabelled"], "samples": n["samples"], "message": text})
         line = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **result}
         if metrics is not None:
-            metrics.write(json.dumps(line) + "\n")
-            metrics.flush()
+            metrics.write(line)
             if self.tensorboard:
                 self.accelerator.log(result, step=self.step)
         if bar is not None:
@@ -675,8 +775,9 @@ class Trainer:
         return logs
 
 
-def train(method: str | None, data, out, config_file=None, sets=None, overrides=None, resume=None) -> dict:
+def train(method: str | None, data, out, config_file=None, sets=None, overrides=None, resume=None,
+          resume_changed=()) -> dict:
     """Resolve the configuration and train; returns a summary (steps, last checkpoint...)."""
     config, settings = cfg.build_for_data(method, config_file, sets, data, overrides)
-    trainer = Trainer(config, data, out, resume=resume, settings=settings)
+    trainer = Trainer(config, data, out, resume=resume, settings=settings, resume_changed=resume_changed)
     return trainer.run()

@@ -233,7 +233,7 @@ def test_resuming_from_an_older_checkpoint_refuses_to_mix_with_newer_ones(clvr, 
              "--resume", run / "checkpoints" / "step-00000002.pt")
     assert r.code == 1 and "holds later checkpoints (step-00000003.pt, step-00000004.pt)" in r.err
     r = clvr("train", *MOCO, "--data", digits, "--out", run, "--resume", "auto")
-    assert r.code == 1 and "a checkpoint of method 'simclr', not 'moco_v2'" in r.err
+    assert r.code == 2 and "a checkpoint of method 'simclr', not 'moco_v2'" in r.err
 
 
 def test_the_knn_monitor_scores_the_encoder_of_the_run(clvr, digits, tmp_path):
