@@ -21,7 +21,8 @@ so on one process a resumed run ends with the same weights as an uninterrupted o
 
 SIGTERM (a preempted job), SIGINT (Ctrl-C) or SIGUSR1 (Slurm before a time limit) to any process
 stops every process at the end of the same step, with one checkpoint, and exits 0; a second
-Ctrl-C aborts at once (exit 130).
+Ctrl-C aborts at once (exit 130). Workers whose launcher was killed stop the same way within a
+second or two (:mod:`.launcher`) instead of training on.
 
 A run directory has one owner: the main process takes ``OUT/.clvr-train.lock`` (an ``flock``,
 dropped by the kernel however the process ends) before anything reads or writes there, and a
@@ -52,6 +53,7 @@ from . import train_config as cfg
 from .checkpoint import (CHECKPOINTS, checkpoint_path, checkpoint_step, latest_checkpoint, list_checkpoints, load_checkpoint,
                          resolve_resume, rng_state, save_checkpoint, seed_everything, set_rng_state)
 from .errors import TrainingError
+from .launcher import LauncherWatch
 from .metrics import MetricsLog
 from .resume import DATA, ResumeError, compare, converted_step, data_fingerprint, refusal
 from .run_dir import check_out, disk_full, full_message
@@ -61,6 +63,8 @@ from .schedules import build_scheduler, epochs_to_steps
 
 #: the lock file that makes a run directory one run's (:meth:`Trainer._own`)
 RUN_LOCK = ".clvr-train.lock"
+#: how the last run in a directory ended: done, stopped (by a signal), failed or aborted
+STATUS = "status.json"
 
 
 def _normalization(loader) -> dict:
@@ -501,6 +505,11 @@ class Trainer:
         if self._signalled is None:
             self._signalled = signal.Signals(signum).name
 
+    def _on_launcher_gone(self, pid: int) -> None:
+        """The launcher died (:mod:`.launcher`): stop like a signal, at the next step boundary."""
+        if self._signalled is None:
+            self._signalled = f"the exit of the launcher (pid {pid})"
+
     def _agree_stop(self) -> None:
         """After each step: every process stops when any has been signalled (each node of a
         pre-empted job may be signalled at a different moment), so all checkpoint one step."""
@@ -511,7 +520,7 @@ class Trainer:
         if flag and not self._stop:
             self._stop = True
             if self.accelerator.is_main_process:
-                how = self._signalled or "a signal to another process"
+                how = self._signalled or "a stop asked on another process"
                 self._write(None, f"clvr train: {how} received: stopping after step {self.step} with a "
                                   "checkpoint (every process)")
 
@@ -541,6 +550,18 @@ class Trainer:
             return metrics
         return metrics.open()
 
+    def _write_status(self, status: dict) -> None:
+        """``OUT/status.json``: how the run ended, for job scripts (a launcher's own exit status
+        says how the launcher ended: ``accelerate launch`` exits 143 when it is sent SIGTERM, even
+        though every worker stopped with a checkpoint and exited 0)."""
+        from ..shards.fileio import write_atomic
+        status = {**status, "step": self.step, "total_steps": self.total_steps,
+                  "last_checkpoint": str(latest_checkpoint(self.out) or "") or None}
+        try:
+            write_atomic(self.out / STATUS, (json.dumps(status, indent=1) + "\n").encode(), f".{os.getpid()}.tmp")
+        except OSError as e:
+            self._write(None, f"clvr train: could not write {self.out / STATUS} ({e.strerror})")
+
     def _write_error(self, path, error: OSError) -> TrainingError:
         if disk_full(error):
             return TrainingError(full_message(path, latest_checkpoint(self.out)))
@@ -557,18 +578,31 @@ class Trainer:
         self.last_checkpoint = None
         stop_signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
         previous = {s: signal.signal(s, self._on_signal) for s in stop_signals}
-        if self.tensorboard:
-            acc.init_trackers("tensorboard", config={k: v for k, v in _flat(cfg.to_dict(c)).items()
-                                                     if isinstance(v, (int, float, str, bool))})
-        if main:
-            self._write(None, self.plan().text().rstrip("\n"))
-        bar = None
-        if main and c.progress:
-            from ..shards.progress import bar as progress_bar      # plain lines when stderr is a log file
-            bar = progress_bar(self.total_steps, f"{self.method_cls.name}", "step", initial=self.step)
+        watch = LauncherWatch.start_if_launched(self._on_launcher_gone)
+        bar, status = None, {"status": "failed"}
         try:
+            if self.tensorboard:
+                acc.init_trackers("tensorboard", config={k: v for k, v in _flat(cfg.to_dict(c)).items()
+                                                         if isinstance(v, (int, float, str, bool))})
+            if main:
+                self._write(None, self.plan().text().rstrip("\n"))
+            if main and c.progress:
+                from ..shards.progress import bar as progress_bar      # plain lines when stderr is a log file
+                bar = progress_bar(self.total_steps, f"{self.method_cls.name}", "step", initial=self.step)
             result = self._loop(metrics, bar)
+            status = {"status": "stopped" if result["stopped_by_signal"] else "done", "by": result["signal"],
+                      "checkpoint": None if result["checkpoint"] is None else str(result["checkpoint"])}
+        except KeyboardInterrupt:
+            status = {"status": "aborted", "by": "a second Ctrl-C"}
+            raise
+        except Exception as e:
+            status = {"status": "failed", "error": str(e) or type(e).__name__}
+            raise
         finally:
+            if main:
+                self._write_status(status)
+            if watch is not None:
+                watch.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
             if self.tensorboard:
@@ -638,7 +672,7 @@ class Trainer:
         path = self.checkpoint()
         stopped = self._stop and self.step < self.total_steps
         return {"steps": self.step, "total_steps": self.total_steps, "checkpoint": path,
-                "stopped_by_signal": stopped, "signal": (self._signalled or "a signal to another process")
+                "stopped_by_signal": stopped, "signal": (self._signalled or "a stop asked on another process")
                 if stopped else None, "skipped_steps": self.skipped_steps,
                 "resumed_from": self.resumed_from, "skipped_samples": self.skipped_samples,
                 "repeats_dropped": self.repeats_dropped, "notes": list(self.notes)}

@@ -6,6 +6,7 @@ run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,7 +65,7 @@ def steps_of(run: Path) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*.pt"))
 
 
-@pytest.mark.parametrize("sig,rank", [(signal.SIGTERM, 1), (signal.SIGUSR1, 0)])
+@pytest.mark.parametrize("sig,rank", [(signal.SIGTERM, 1), (signal.SIGUSR1, 0), (signal.SIGINT, 1)])
 def test_a_signal_to_one_rank_stops_both_at_one_step_and_resume_is_exact(digits, tmp_path, sig, rank):
     common = [*COMMON, "--data", digits, "--set", "epochs=8"]
     # the CPU view kernel compiled (and cached) here first: the process that compiles it rounds
@@ -83,7 +84,7 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_and_resume_is_exact(digits,
     assert p.returncode == 0, err[-3000:]
     stopped = steps_of(tmp_path / "cut")[-1]
     assert 3 <= stopped < 16 and "stopped by " in err and f"{stopped}/16 steps" in err
-    assert f"{sig.name} received" in err or "a signal to another process received" in err
+    assert f"{sig.name} received" in err or "a stop asked on another process received" in err
     # resumed, it ends where the uninterrupted run ended, with the same weights
     p = launch([*common, "--out", tmp_path / "cut", "--resume", "auto"])
     _, err = p.communicate(timeout=300)
@@ -125,3 +126,42 @@ def test_a_second_ctrl_c_aborts_and_the_command_exits_130(clvr, digits, tmp_path
     monkeypatch.setattr(Trainer, "run", interrupted)
     r = clvr("train", *COMMON, "--data", digits, "--out", tmp_path / "cli", "--set", "max_steps=2")
     assert r.code == 130 and "interrupted twice: stopped at once" in r.err and "Traceback" not in r.err
+
+
+def test_workers_of_a_killed_launcher_stop_within_seconds_with_a_checkpoint(digits, tmp_path):
+    """kill -9 of the launcher's group: torch's agent starts each worker in a session of its own,
+    so the workers used to train on to the end, writing into a run a new --resume would share."""
+    run = tmp_path / "run"
+    p = launch([*COMMON, "--data", digits, "--set", "epochs=200", "--out", run])
+    wait_for(run / "checkpoints" / "step-00000003.pt", p)
+    workers = [psutil.Process(rank_pid(p, rank)) for rank in (0, 1)]
+    os.killpg(p.pid, signal.SIGKILL)
+    killed = time.time()
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert alive == [], f"workers still running {time.time() - killed:.0f} s after their launcher was killed"
+    _, err = p.communicate(timeout=30)
+    assert "stopped by " in err and "Traceback" not in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "stopped" and status["step"] < 800 and status["step"] == steps_of(run)[-1]
+    assert not (run / ".clvr-train.lock").exists()
+    p = launch([*COMMON, "--data", digits, "--set", "epochs=200", "--set", f"max_steps={status['step'] + 2}",
+                "--out", run, "--resume", "auto"])
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert steps_of(run)[-1] == status["step"] + 2
+
+
+def test_a_signalled_launcher_passes_the_stop_on_and_status_json_says_so(digits, tmp_path):
+    """Slurm's scancel signals the launcher too: torch's agent sends SIGTERM on to the workers,
+    which stop with a checkpoint; the launcher itself exits 143 (its own termination), so job
+    scripts read OUT/status.json."""
+    run = tmp_path / "run"
+    p = launch([*COMMON, "--data", digits, "--set", "epochs=200", "--out", run])
+    wait_for(run / "checkpoints" / "step-00000003.pt", p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "stopped" and status["by"] == "SIGTERM"
+    assert status["last_checkpoint"] == str(run / "checkpoints" / f"step-{status['step']:08d}.pt")
+    assert status["step"] == steps_of(run)[-1] < 800

@@ -4,6 +4,7 @@ PATH; the last good checkpoint is ...", and the checkpoints written before stay 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -132,3 +133,5 @@ def test_a_full_disk_while_logging_names_the_file(clvr, digits, tmp_path):
         f"clvr train: disk full while writing {run / 'metrics.jsonl'}; the last good checkpoint is none (nothing "
         "was saved yet). Free some space (or lower keep=) and resume with --resume auto")
     assert not (run / ".clvr-train.lock").exists()          # the run let go of its directory
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith("disk full while writing")

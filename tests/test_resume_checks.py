@@ -36,6 +36,7 @@ def test_a_changed_batch_or_seed_is_refused_by_name_and_config_yaml_kept(clvr, s
     run = tmp_path / "run"
     r = clvr("train", "--method", "simclr", *TINY, *B8, "--data", train, "--out", run, "--set", "max_steps=2")
     assert r.code == 0, r.err
+    assert json.loads((run / "status.json").read_text())["status"] == "done"
     before = (run / "config.yaml").read_bytes()
     r = clvr("train", "--method", "simclr", *TINY, "--set", "data.batch_size=16", "--set", "seed=7",
              "--data", train, "--out", run, "--set", "max_steps=4", "--resume", "auto")
