@@ -3,6 +3,16 @@
 Layout: a view is made in planar float32 (3, S, S) scratch: resize (horizontal pass from the
 HWC uint8 source, then vertical), colour steps in place, blur (two separable passes), and the
 last pass writes the normalised, flipped view. Parameter columns are named in fused_views.
+
+No ``fastmath``: strict IEEE arithmetic, so that every compiled copy of a kernel rounds alike.
+numba compiles each function into its own module and links a re-optimised copy of it into each
+caller; the JIT binds a call to the first copy it loaded, which is the callee's own module in a
+process that compiles the kernels and the caller's copy in one that loads them from the cache.
+With fast-math (reassociated sums, fused multiply-adds) the copies were vectorised differently
+and the views of a first run differed from all later ones (issue 21, part 8). The hot loops
+are written to be fast without it: element-wise across a row (mean luma sums columns), the blur
+adds the two pixels of each weight before multiplying, hue divides once, the resize weights use
+reciprocals.
 """
 
 import math
@@ -17,7 +27,7 @@ P_SIGMA, P_RADIUS, P_SOLAR, P_KEEP, P_MEAN, P_STD = 15, 16, 17, 18, 19, 22
 LR, LG, LB = np.float32(0.299), np.float32(0.587), np.float32(0.114)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def resample_weights(start, length, out_len, in_len):
     """Triangle-filter taps mapping source pixels [start, start+length) onto ``out_len`` pixels,
     the filter widened by the scale when shrinking (antialias). Returns (first, count, weights)."""
@@ -29,6 +39,7 @@ def resample_weights(start, length, out_len, in_len):
     weights = np.zeros((out_len, ntaps), np.float32)
     lo_lim = start
     hi_lim = start + length
+    inv = 1.0 / support                 # products, not a division a tap (no fast-math to do it)
     for o in range(out_len):
         center = start + (o + 0.5) * scale
         lo = max(int(math.floor(center - support)), lo_lim)
@@ -36,7 +47,7 @@ def resample_weights(start, length, out_len, in_len):
         total = 0.0
         n = 0
         for s in range(lo, hi):
-            w = 1.0 - abs((s + 0.5 - center) / support)
+            w = 1.0 - abs((s + 0.5 - center) * inv)
             if w < 0.0:
                 w = 0.0
             if n < ntaps:
@@ -44,8 +55,9 @@ def resample_weights(start, length, out_len, in_len):
                 total += w
                 n += 1
         if total > 0.0:
+            itot = 1.0 / total
             for t in range(n):
-                weights[o, t] = weights[o, t] / total
+                weights[o, t] = weights[o, t] * itot
         first[o] = lo
         count[o] = n
     return first, count, weights
@@ -86,24 +98,28 @@ def resize_into(src, y0, x0, h, w, buf, line):
             buf[2, o, q] = a2
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def clamp255(v):
     return min(max(v, np.float32(0.0)), np.float32(255.0))
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def mean_luma(buf):
+    """Mean luma, summed down the columns (element-wise across a row, so that it vectorises with
+    strict IEEE arithmetic: no reassociation of a reduction), then across them."""
     H, W = buf.shape[1], buf.shape[2]
-    acc = 0.0
+    cols = np.zeros(W, np.float64)
     for y in range(H):
-        rs = np.float32(0.0)
+        R, G, B = buf[0, y], buf[1, y], buf[2, y]
         for x in range(W):
-            rs += LR * buf[0, y, x] + LG * buf[1, y, x] + LB * buf[2, y, x]
-        acc += rs
+            cols[x] += LR * R[x] + LG * G[x] + LB * B[x]
+    acc = 0.0
+    for x in range(W):
+        acc += cols[x]
     return np.float32(acc / (H * W))
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def hue_shift(buf, shift):
     """Shift H in HSV by ``shift`` turns, S and V kept; branch-free so that it vectorises.
 
@@ -122,7 +138,9 @@ def hue_shift(buf, shift):
             mn = min(r, min(g, b))
             d = mx - mn
             dd = d if d > zero else one
-            h = (g - b) / dd if mx == r else ((b - r) / dd + np.float32(2.0) if mx == g else (r - g) / dd + np.float32(4.0))
+            # one division a pixel (the three of the textbook form all run once it is branch-free)
+            q = (g - b if mx == r else (b - r if mx == g else r - g)) / dd
+            h = q if mx == r else (q + np.float32(2.0) if mx == g else q + np.float32(4.0))
             h = h + six if h < zero else h
             h = h + s6
             h = h - six if h >= six else h
@@ -139,7 +157,7 @@ def hue_shift(buf, shift):
             B[x] = mx - d * min(max(min(kb, np.float32(4.0) - kb), zero), one)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def jitter(buf, prm):
     H, W = buf.shape[1], buf.shape[2]
     for k in range(4):
@@ -173,7 +191,7 @@ def jitter(buf, prm):
                 hue_shift(buf, shift)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def grayscale(buf):
     H, W = buf.shape[1], buf.shape[2]
     for y in range(H):
@@ -184,7 +202,7 @@ def grayscale(buf):
             buf[2, y, x] = l
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def channel_drop(buf, prm):
     """Keep channel ``prm[P_KEEP]``; the others become the normalisation mean (0 once normalised)."""
     keep = int(prm[P_KEEP])
@@ -193,7 +211,7 @@ def channel_drop(buf, prm):
             buf[c, :, :] = np.float32(255.0 * prm[P_MEAN + c])
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def colour(buf, prm):
     """Colour jitter (if it fires, ops in the drawn order), grayscale, channel drop: in place.
 
@@ -208,7 +226,7 @@ def colour(buf, prm):
         channel_drop(buf, prm)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def reflect101(i, n):
     if n == 1:
         return 0
@@ -217,7 +235,7 @@ def reflect101(i, n):
     return i if i < n else period - i
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def finish_row(row, c, y, prm, out):
     """Solarize, normalise and flip one row of channel ``c`` into ``out[c, y]``."""
     W = row.shape[0]
@@ -238,7 +256,7 @@ def finish_row(row, c, y, prm, out):
             dst[x] = row[x] * scale - shift
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def finish(buf, prm, out):
     """Solarize, normalise and flip, written to ``out`` (3, H, W)."""
     for c in range(3):
@@ -246,10 +264,13 @@ def finish(buf, prm, out):
             finish_row(buf[c, y], c, y, prm, out)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def blur(buf, tmp, prm, out):
     """Separable Gaussian (sigma ``prm[P_SIGMA]``, taps [-radius, radius] normalised, reflect-101
-    borders) of ``buf``, then :func:`finish` row by row into ``out``."""
+    borders) of ``buf``, then :func:`finish` row by row into ``out``.
+
+    The kernel is even (taps ``t`` and ``-t`` weigh the same), so each pass adds the two pixels a
+    weight applies to, then multiplies once: radius + 1 products a pixel, not 2 radius + 1."""
     H, W = buf.shape[1], buf.shape[2]
     sigma = prm[P_SIGMA]
     radius = int(prm[P_RADIUS])
@@ -257,7 +278,7 @@ def blur(buf, tmp, prm, out):
     k = np.empty(n, np.float32)
     tot = 0.0
     for t in range(-radius, radius + 1):
-        v = math.exp(-0.5 * (t / sigma) ** 2)
+        v = math.exp(-0.5 * (t / sigma) ** 2)          # even in t: k[radius - t] == k[radius + t]
         k[t + radius] = v
         tot += v
     for t in range(n):
@@ -270,29 +291,37 @@ def blur(buf, tmp, prm, out):
         idy[y] = reflect101(y - radius, H)
     pad = np.empty(W + 2 * radius, np.float32)
     acc = np.empty(W, np.float32)
+    kc = k[radius]
     for c in range(3):
         # horizontal: buf -> tmp
         for y in range(H):
             for x in range(W + 2 * radius):
                 pad[x] = buf[c, y, idx[x]]
-            acc[:] = 0.0
-            for t in range(n):
+            mid = pad[radius:radius + W]
+            for x in range(W):
+                acc[x] = kc * mid[x]
+            for t in range(radius):
                 kt = k[t]
+                a = pad[t:t + W]
+                b = pad[n - 1 - t:n - 1 - t + W]
                 for x in range(W):
-                    acc[x] += kt * pad[x + t]
+                    acc[x] += kt * (a[x] + b[x])
             tmp[c, y, :] = acc
         # vertical: tmp -> finished rows of out
         for y in range(H):
-            acc[:] = 0.0
-            for t in range(n):
+            mid = tmp[c, idy[y + radius]]
+            for x in range(W):
+                acc[x] = kc * mid[x]
+            for t in range(radius):
                 kt = k[t]
-                r = idy[y + t]
+                a = tmp[c, idy[y + t]]
+                b = tmp[c, idy[y + n - 1 - t]]
                 for x in range(W):
-                    acc[x] += kt * tmp[c, r, x]
+                    acc[x] += kt * (a[x] + b[x])
             finish_row(acc, c, y, prm, out)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def make_view(src, prm, out, buf, tmp, line):
     resize_into(src, int(prm[P_Y]), int(prm[P_X]), int(prm[P_H]), int(prm[P_W]), buf, line)
     if prm[P_JITTER] != 0.0 or prm[P_GRAY] != 0.0 or prm[P_KEEP] >= 0.0:

@@ -68,12 +68,6 @@ def steps_of(run: Path) -> list[int]:
 @pytest.mark.parametrize("sig,rank", [(signal.SIGTERM, 1), (signal.SIGUSR1, 0), (signal.SIGINT, 1)])
 def test_a_signal_to_one_rank_stops_both_at_one_step_and_resume_is_exact(digits, tmp_path, sig, rank):
     common = [*COMMON, "--data", digits, "--set", "epochs=8"]
-    # the CPU view kernel compiled (and cached) here first: the process that compiles it rounds
-    # differently from those that load it (issue 21, part 8), so the runs compared all load it
-    from clvr.pipeline import ViewLoader
-    warm = ViewLoader(digits, "two_view", recipe="simclr-cifar", batch_size=8, device="cpu")
-    next(iter(warm))
-    warm.close()
     p = launch([*common, "--out", tmp_path / "whole"])
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
