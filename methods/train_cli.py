@@ -64,6 +64,10 @@ def _train(args) -> int:
         import yaml
         print(yaml.safe_dump(cfg.to_dict(config), sort_keys=False), end="")
         return 0
+    if args.resume_changed and not args.resume:
+        print("clvr train: --resume-changed accepts differences from the checkpoint a resume continues; "
+              "give --resume auto or --resume PATH", file=sys.stderr)
+        return EXIT_USAGE
     from ..pipeline.errors import PipelineError
     from .checkpoint import CheckpointError
     from .trainer import Trainer, TrainingError
