@@ -46,8 +46,12 @@ class LauncherWatch:
         return watch
 
     def stop(self) -> None:
-        """The run is over: stop watching (and never exit the process)."""
+        """The run is over: stop watching (and never exit the process). The thread is joined: a
+        daemon thread still waiting when the interpreter shuts down is ended by pthread_exit,
+        which can abort the process ("terminate called without an active exception")."""
         self._done.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
     def _watch(self) -> None:
         while not self._done.wait(self.every):

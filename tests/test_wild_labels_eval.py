@@ -180,14 +180,15 @@ def test_eval_reports_every_skipped_sample(clvr, run, sets, tmp_path):
     assert r.code == 2 and "key img0005" in r.err
 
 
-def test_more_than_twenty_skips_show_the_first_twenty_and_a_count(capsys):
+def test_more_than_twenty_skips_show_the_first_twenty_and_a_count(capsys, tmp_path):
     from types import SimpleNamespace
 
     from clvr.methods.evaluate import Evaluation
     from clvr.methods.trainer import Trainer
     entries = [{"shard": "/d/x.tar", "key": f"k{i:02d}", "reason": "jpg: cannot be decoded"} for i in range(25)]
     # the trainer: every skip an event line, 20 lines on stderr, the rest counted at the epoch's end
-    metrics = io.StringIO()
+    from clvr.methods.metrics import MetricsLog
+    metrics = MetricsLog(tmp_path).open()
     t = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1, is_main_process=True), step=7,
                         steps_per_epoch=4, loader=SimpleNamespace(skipped=entries, repeats_dropped=3),
                         knn_loaders=None, _skips_read={}, _skips_shown=0, _skips_unshown=0, skipped_samples=0,
@@ -200,7 +201,8 @@ def test_more_than_twenty_skips_show_the_first_twenty_and_a_count(capsys):
     assert [x for x in err if "skipped a sample" in x] == [
         f"clvr train: step 7: skipped a sample: /d/x.tar: key k{i:02d}: jpg: cannot be decoded" for i in range(20)]
     assert err[-1].startswith("clvr train: epoch 1: 5 more skipped sample(s) not shown (25 in all so far")
-    events = [json.loads(x) for x in metrics.getvalue().splitlines()]
+    metrics.close()
+    events = [json.loads(x) for x in metrics.path.read_text().splitlines()]
     assert [e["key"] for e in events] == [f"k{i:02d}" for i in range(25)] and {e["event"] for e in events} == {"skipped"}
     assert (t.skipped_samples, t.repeats_dropped) == (25, 3)
     # clvr eval: each once in results.json, the first 20 on stderr
