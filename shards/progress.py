@@ -41,7 +41,8 @@ class PlainBar:
             parts.append(f"{_duration((self.total - self.n) / rate)} left")
         if self.postfix:
             parts.append(self.postfix)
-        return ", ".join(parts) + (" (done)" if done else "")
+        end = " (done)" if not self.total or self.n >= self.total else " (stopped)"
+        return ", ".join(parts) + (end if done else "")
 
     def update(self, n: int = 1) -> None:
         self.n += n

@@ -63,3 +63,9 @@ def test_the_plain_bar_keeps_tqdms_interface_and_counts():
     assert got[0].startswith("x: 5/10 step (50%)") and got[1] == "a note"
     assert got[2].startswith("x: 10/10 step (100%)") and got[2].endswith("text")
     assert got[3].startswith("x: 10/10 step (100%)") and got[3].endswith("(done)") and len(got) == 4
+    stopped = io.StringIO()
+    bar = PlainBar(10, "x", "step", interval=60, file=stopped)
+    bar.update(4)
+    bar.close()                                                      # a run stopped by a signal
+    assert stopped.getvalue().splitlines() == [stopped.getvalue().splitlines()[0]]
+    assert stopped.getvalue().startswith("x: 4/10 step (40%)") and stopped.getvalue().rstrip().endswith("(stopped)")
