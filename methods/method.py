@@ -41,7 +41,6 @@ from .distributed import max_across_processes, rank_and_world
 from .errors import MethodError
 
 
-
 #: method settings that are sizes (at least 1), with what they size
 SIZE_FIELDS = {"dim": "the embedding's width", "hidden": "the head's hidden width",
                "predictor_hidden": "the predictor's hidden width", "queue": "keys kept as negatives",

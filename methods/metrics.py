@@ -13,8 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import TrainingError
-from .run_dir import disk_full, full_message
+from .run_dir import write_error
 
 #: the file's name in a run directory
 METRICS = "metrics.jsonl"
@@ -51,10 +50,7 @@ class MetricsLog:
                 pass                    # a line that could not be flushed was reported by write()
 
     def _fail(self, e: OSError):
-        from .checkpoint import latest_checkpoint
-        if disk_full(e):
-            raise TrainingError(full_message(self.path, latest_checkpoint(self.path.parent))) from None
-        raise TrainingError(f"cannot write {self.path} ({e.strerror or e})") from None
+        raise write_error(self.path, e, self.path.parent) from None
 
     def cut_back(self, step: int) -> int:
         """Drop the lines logged after ``step`` (those a resumed run logs again) and a line cut off

@@ -116,7 +116,7 @@ def describe_data(found: dict | None) -> str:
 @dataclass
 class Changes:
     """The differences between a checkpoint's settings and the new run's."""
-    refused: list[str] = field(default_factory=list)      # lines: key: old -> new (why)
+    refused: dict = field(default_factory=dict)           # key -> its line: "key: old -> new (why)"
     accepted: dict = field(default_factory=dict)          # key -> [old, new], guarded, accepted
     free: dict = field(default_factory=dict)              # key -> [old, new], allowed
     notes: list[str] = field(default_factory=list)
@@ -169,16 +169,15 @@ def compare(state: dict, config: dict, world_size: int, data: dict | None, accep
             changes.accepted[key] = [old, new] if key != DATA else [old.get("sha256"), new.get("sha256")]
             changes.moves_position |= key in MOVES_POSITION
             continue
-        changes.refused.append(f"  {key}: {old_text} -> {new_text} ({GUARDED[guard]})")
+        changes.refused[key] = f"  {key}: {old_text} -> {new_text} ({GUARDED[guard]})"
     return changes
 
 
 def refusal(path, changes: Changes) -> str:
-    names = " ".join(line.split(":")[0].strip() for line in changes.refused)
     return (f"--resume {path}: the checkpoint was trained with other settings, which change what its "
-            f"position and state mean:\n" + "\n".join(changes.refused)
+            f"position and state mean:\n" + "\n".join(changes.refused.values())
             + f"\nResume with the checkpoint's settings (its run's config.yaml), accept the change with "
-              f"--resume-changed {names}, or start a new run in another --out")
+              f"--resume-changed {' '.join(changes.refused)}, or start a new run in another --out")
 
 
 def converted_step(step: int, old_steps_per_epoch: int, old_global_batch: int, steps_per_epoch: int,

@@ -2,9 +2,9 @@
 every write into it reported by path when the disk is full.
 
 :func:`check_out` turns an unusable ``--out`` (empty, a file, under a file, not writable) into
-one line naming the path, before the data pipeline or the model exists. :func:`disk_full` tells
-a full disk or an exceeded quota from other write errors, and :func:`full_message` is the line a
-user reads then: which file could not be written, and which checkpoint is the last good one.
+one line naming the path, before the data pipeline or the model exists. :func:`write_error` is
+the error a failed write stops a run with: for a full disk or an exceeded quota
+(:func:`disk_full`), which file could not be written and which checkpoint is the last good one.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import errno
 import os
 from pathlib import Path
 
-from .errors import MethodError
+from .errors import MethodError, TrainingError
 
 #: errors that mean the file system has no room (a full disk, or a user's quota on a cluster)
 NO_ROOM = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -68,8 +68,12 @@ def disk_full(error: BaseException) -> bool:
     return False
 
 
-def full_message(path, last_checkpoint) -> str:
-    """The line for a full disk while writing ``path``."""
-    last = last_checkpoint or "none (nothing was saved yet)"
-    return (f"disk full while writing {path}; the last good checkpoint is {last}. Free some space "
-            "(or lower keep=) and resume with --resume auto")
+def write_error(path, error: OSError, run_dir) -> TrainingError:
+    """The error to stop a run with when writing ``path`` of ``run_dir`` failed: for a full disk,
+    which file and the last good checkpoint; otherwise the file and the system's reason."""
+    if disk_full(error):
+        from .checkpoint import latest_checkpoint
+        last = latest_checkpoint(run_dir) or "none (nothing was saved yet)"
+        return TrainingError(f"disk full while writing {path}; the last good checkpoint is {last}. Free some "
+                             "space (or lower keep=) and resume with --resume auto")
+    return TrainingError(f"cannot write {path} ({error.strerror or error})")

@@ -129,7 +129,6 @@ RANGES = (
     ("optim.weight_decay", 0.0, None, (True, None), "0 turns it off; the papers use 1e-6 to 1e-4"),
     ("optim.eta", 0.0, None, (False, None), "LARS's trust coefficient; the papers use 0.001 to 0.02"),
     ("schedule.warmup_epochs", 0.0, None, (True, None), "epochs of linear warm-up; 0 for none"),
-    ("slow_epoch_hours", 0.0, None, (True, None), "0 never warns"),
 )
 
 
@@ -158,9 +157,6 @@ def check(config: TrainConfig) -> TrainConfig:
                               f"moving-average factors, e.g. [0.9, 0.999]); item {i} is {beta:g}")
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2 ** 32:
         raise ConfigError(f"config seed = {config.seed!r} must be an integer in [0, 2^32)")
-    if config.data.shuffle_buffer < 0:
-        raise ConfigError(f"config data.shuffle_buffer = {config.data.shuffle_buffer} must not be negative "
-                          "(samples held for shuffling; 0 or 1: the shards' order only)")
     if any(m < 0 for m in config.schedule.milestones if isinstance(m, (int, float))):
         raise ConfigError(f"config schedule.milestones = {list(config.schedule.milestones)} must not be negative")
     for key, choices in CHOICES.items():
@@ -174,7 +170,8 @@ def check(config: TrainConfig) -> TrainConfig:
     if config.knn_k < 1 or config.knn_temperature <= 0:
         raise ConfigError(f"config knn_k = {config.knn_k} must be at least 1 and knn_temperature "
                           f"= {config.knn_temperature} positive")
-    for key in ("max_steps", "checkpoint_every", "data.threads", "knn_every", "data.size", "slow_epoch_hours"):
+    for key in ("max_steps", "checkpoint_every", "data.threads", "knn_every", "data.size", "slow_epoch_hours",
+                "data.shuffle_buffer"):
         if _get(config, key) < 0:
             raise ConfigError(f"config {key} = {_get(config, key)} must not be negative")
     if not config.collapse_threshold >= 0:

@@ -55,8 +55,8 @@ from .checkpoint import (CHECKPOINTS, checkpoint_path, checkpoint_step, latest_c
 from .errors import TrainingError
 from .launcher import LauncherWatch
 from .metrics import MetricsLog
-from .resume import DATA, ResumeError, compare, converted_step, data_fingerprint, refusal
-from .run_dir import check_out, disk_full, full_message
+from .resume import DATA, ResumeError, compare, converted_step, data_fingerprint, flatten, refusal
+from .run_dir import check_out, write_error
 from .optimizers import build_optimizer, scaled_lr
 from .schedules import build_scheduler, epochs_to_steps
 
@@ -70,16 +70,6 @@ STATUS = "status.json"
 def _normalization(loader) -> dict:
     r = loader.ctx.recipe(0)
     return {"mean": list(r.normalize.mean), "std": list(r.normalize.std), "size": int(r.size)}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Trainer:
@@ -110,13 +100,12 @@ class Trainer:
             pass
 
     def _own(self) -> None:
-        """One run per directory: the main process creates ``OUT`` and takes its lock
-        (``OUT/.clvr-train.lock``, host and pid) before anything reads or writes there; a second
-        ``clvr train`` into it is refused, naming the first."""
+        """One run per directory: the main process takes the lock of ``OUT`` (made by
+        :func:`check_out`), ``OUT/.clvr-train.lock`` with host and pid, before anything reads or
+        writes there; a second ``clvr train`` into it is refused, naming the first."""
         from ..shards.errors import ShardError
         from ..shards.lock import OutputLock
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
             self._lock = OutputLock(self.out, RUN_LOCK, "clvr train", "--out").acquire()
         except ShardError as e:
             raise cfg.ConfigError(str(e)) from None
@@ -129,6 +118,7 @@ class Trainer:
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         from ..pipeline import ViewLoader
+        from ..pipeline.source import resolve as resolve_shards
         from .registry import get_method
 
         # the method's settings are checked before anything is built or written: a typo in model.*
@@ -167,10 +157,13 @@ class Trainer:
         # what --resume asks for is read and compared first: settings that change what the
         # checkpoint means are refused by name before the pipeline and the model are built
         self.resumed_from, self.resume_changes, self._resume_state = None, None, None
-        self.data_identity = None
+        # the shard set, read once: the loader reads it, a resume compares its fingerprint, the
+        # kNN monitor its classes
+        self.shard_set = resolve_shards(data)
+        self.data_identity = data_fingerprint(self.shard_set)
         path = resolve_resume(self.out, resume)
         if path is not None:
-            self._resume_state = self._compare_resume(path, data, resume_changed)
+            self._resume_state = self._compare_resume(path, resume_changed)
         torch.manual_seed(config.seed)
         d = config.data
         view_options = {**cls.view_options, **d.view_options}
@@ -181,7 +174,7 @@ class Trainer:
         if d.size:
             from ..pipeline import recipe as recipe_mod
             recipe = recipe_mod.build(recipe, size=d.size)
-        self.loader = ViewLoader(data, d.views or cls.views, recipe=recipe,
+        self.loader = ViewLoader(self.shard_set, d.views or cls.views, recipe=recipe,
                                  batch_size=d.batch_size, device=d.device, rank=acc.process_index,
                                  world_size=acc.num_processes, local_rank=acc.local_process_index,
                                  seed=config.seed, last_batch="drop", num_threads=d.threads or None,
@@ -222,8 +215,6 @@ class Trainer:
             **({"final": s.final} if kind == "cosine" else {}))
         self.model, self.optimizer = acc.prepare(self.method.to(acc.device), optimizer)
         self.step, self.skipped_steps = 0, 0
-        if self.data_identity is None:
-            self.data_identity = data_fingerprint(self.loader.shards)
         if path is not None:
             self._restore(path, self._resume_state)
             self._resume_state = None           # the tensors are in the model now
@@ -325,7 +316,7 @@ class Trainer:
                                   "kNN monitor needs labelled validation shards (for clvr shard index: a .cls "
                                   "in every sample)")
         from .evaluate import compare_classes
-        found = compare_classes(resolve(data), val_set, sides=(("train", "--data"), ("val", "--val")),
+        found = compare_classes(self.shard_set, val_set, sides=(("train", "--data"), ("val", "--val")),
                                 specs=(data, val))
         if found["error"]:
             raise cfg.ConfigError(f"the kNN monitor: {found['error']}")
@@ -394,7 +385,7 @@ class Trainer:
                             "input": {**_normalization(self.loader),
                                       "layout": "B,T,3,H,W" if kind == "video" else "B,3,H,W"}}}
 
-    def _compare_resume(self, path: Path, data, accept) -> dict:
+    def _compare_resume(self, path: Path, accept) -> dict:
         """Load the checkpoint ``--resume`` names and compare its settings with this run's
         (:mod:`.resume`): a guarded difference not in ``accept`` is refused by name."""
         state = load_checkpoint(path)
@@ -402,8 +393,6 @@ class Trainer:
             raise ResumeError(f"--resume {path}: a checkpoint of method {state.get('method')!r}, not "
                               f"{self.method_cls.name!r}; resume it with --method {state.get('method')}, "
                               "or start a new run in another --out")
-        from ..pipeline.source import resolve as resolve_shards
-        self.data_identity = data_fingerprint(resolve_shards(data))
         changes = compare(state, cfg.to_dict(self.config), self.accelerator.num_processes,
                           self.data_identity, accept)
         if changes.refused:
@@ -485,10 +474,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             try:
                 path = save_checkpoint(self.out, self.step, state, keep=self.config.keep)
-            except (OSError, RuntimeError) as e:
-                if isinstance(e, OSError) or disk_full(e):
-                    raise self._write_error(checkpoint_path(self.out, self.step), e) from None
-                raise
+            except OSError as e:        # save_checkpoint raises the system's error, not torch's wrapper
+                raise write_error(checkpoint_path(self.out, self.step), e, self.out) from None
         self.accelerator.wait_for_everyone()
         self.last_checkpoint = path
         return path
@@ -536,7 +523,7 @@ class Trainer:
             try:
                 write_atomic(self.out / name, text.encode(), f".{os.getpid()}.tmp")
             except OSError as e:
-                raise self._write_error(self.out / name, e) from None
+                raise write_error(self.out / name, e, self.out) from None
         metrics = MetricsLog(self.out)
         if self.resumed_from is not None:
             dropped = metrics.cut_back(self.step)
@@ -562,11 +549,6 @@ class Trainer:
         except OSError as e:
             self._write(None, f"clvr train: could not write {self.out / STATUS} ({e.strerror})")
 
-    def _write_error(self, path, error: OSError) -> TrainingError:
-        if disk_full(error):
-            return TrainingError(full_message(path, latest_checkpoint(self.out)))
-        return TrainingError(f"cannot write {path} ({error.strerror or error})")
-
     def run(self) -> dict:
         acc, c = self.accelerator, self.config
         main = acc.is_main_process
@@ -582,7 +564,7 @@ class Trainer:
         bar, status = None, {"status": "failed"}
         try:
             if self.tensorboard:
-                acc.init_trackers("tensorboard", config={k: v for k, v in _flat(cfg.to_dict(c)).items()
+                acc.init_trackers("tensorboard", config={k: v for k, v in flatten(cfg.to_dict(c)).items()
                                                          if isinstance(v, (int, float, str, bool))})
             if main:
                 self._write(None, self.plan().text().rstrip("\n"))

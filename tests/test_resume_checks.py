@@ -141,7 +141,7 @@ def test_compare_guards_meaning_and_lets_the_rest_through():
     new = {"seed": 0, "epochs": 20, "data": {"batch_size": 8, "threads": 4}, "optim": {"lr": 0.2},
            "model": {"queue": 128}}
     c = compare(_state(old), new, 2, {"sha256": "bbb", "samples": 12, "shards": 1})
-    refused = "\n".join(c.refused)
+    refused = "\n".join(c.refused.values())
     assert "optim.lr: 0.1 -> 0.2" in refused and "model.queue: 64 -> 128" in refused
     assert "world_size: 1 -> 2" in refused and "data_set: 10 samples" in refused
     assert c.free == {"epochs": [10, 20], "data.threads": [0, 4]}
