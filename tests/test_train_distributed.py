@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -106,8 +107,17 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(digits, tmp_path, 
     deadline = time.time() + 300
     while not target.exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(p.pid, signal.SIGKILL)        # the launcher and both workers
+    # the launcher and both workers, at once (torch's agent starts each worker in a session of
+    # its own, so killing the launcher's group alone leaves them running)
+    workers = psutil.Process(p.pid).children(recursive=True)
+    os.killpg(p.pid, signal.SIGKILL)
+    for w in workers:
+        try:
+            w.kill()
+        except psutil.NoSuchProcess:
+            pass
     p.wait(timeout=60)
+    psutil.wait_procs(workers, timeout=60)
     assert len(list((tmp_path / "cut" / "checkpoints").glob("step-*.pt"))) < 6
     p = launch([*common, "--out", tmp_path / "cut", "--resume", "auto"], env)
     _, err = p.communicate(timeout=600)
