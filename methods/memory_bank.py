@@ -40,11 +40,29 @@ class MemoryBank(torch.nn.Module):
         self._check(index)
         return self.bank[index.to(self.bank.device)]
 
-    def negatives(self, count: int, generator: torch.Generator | None = None, batch: int | None = None):
-        """``count`` indices drawn uniformly with replacement; (batch, count) when ``batch`` is
-        given (one draw per sample, as InstDisc), else (count,)."""
-        shape = (batch, count) if batch is not None else (count,)
-        return torch.randint(self.num_samples, shape, generator=generator, device="cpu").to(self.bank.device)
+    def negatives(self, count: int, generator: torch.Generator | None = None, batch: int | None = None,
+                  replacement: bool = True, exclude: torch.Tensor | None = None):
+        """Indices of noise rows, drawn uniformly (on the CPU, so that a seed gives the same rows
+        on every device):
+
+        - ``exclude`` (B,) given: (B, count), each row drawn from the other N - 1 rows than its
+          sample's own, with replacement (one draw per sample, as InstDisc's code);
+        - ``batch`` given: (batch, count), from all rows, with replacement;
+        - else (count,), one draw shared by a batch: with replacement, or without it (each row
+          at most once; all N rows when ``count >= N``).
+        """
+        n = self.num_samples
+        if exclude is not None:
+            if n < 2:
+                raise ValueError("a memory bank of 1 row has no row other than the sample's own to draw")
+            own = exclude.detach().to("cpu", torch.long)[:, None]
+            drawn = torch.randint(n - 1, (len(own), count), generator=generator, device="cpu")
+            return (drawn + (drawn >= own)).to(self.bank.device)      # skips the own row
+        if batch is not None:
+            return torch.randint(n, (batch, count), generator=generator, device="cpu").to(self.bank.device)
+        if not replacement:
+            return torch.randperm(n, generator=generator, device="cpu")[:count].to(self.bank.device)
+        return torch.randint(n, (count,), generator=generator, device="cpu").to(self.bank.device)
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, features: torch.Tensor) -> None:

@@ -4,7 +4,8 @@ patches should both match the image's memory-bank entry.
 Image branch: ResNet + linear head -> f (128-d). Jigsaw branch: the same ResNet on each of the 9
 patches, a linear head per patch (128-d), the 9 concatenated in their shuffled order (1152-d) and a
 linear map to g (128-d). Both are L2-normalised. With the bank entry m of each image and noise
-entries drawn from the bank (32000),
+entries drawn from the bank (32000; each term draws its own, as VISSL does, and never the
+image's own row: see :mod:`clvr.methods.instdisc`),
 
     loss = lambda * NCE(m, g) + (1 - lambda) * NCE(m, f),   lambda = 0.5,
 
@@ -22,7 +23,6 @@ from torch import nn
 
 from .errors import MethodError
 from .instdisc import MemoryBankMethod
-from .logs import contrast_logs
 from .method import Method, MethodOutput
 from .registry import register_method
 
@@ -74,13 +74,15 @@ class PIRL(MemoryBankMethod):
         g = F.normalize(self.jigsaw_head(per_patch.reshape(b, 9 * c.dim)), dim=1)
 
         memory = self.bank.get(batch.index)
-        noise = self.noise(b)
-        pos_g, neg_g = (g * memory).sum(1), self.similarities(g, noise)
-        pos_f, neg_f = (f * memory).sum(1), self.similarities(f, noise)
-        loss_jigsaw = self.contrast(pos_g, neg_g, self.log_z_jigsaw)
-        loss_image = self.contrast(pos_f, neg_f, self.log_z_image)
+        # each term draws its own noise (VISSL's PIRL), never the sample's own row
+        noise_g, keep_g = self.noise(batch.index)
+        noise_f, keep_f = self.noise(batch.index)
+        pos_g, neg_g = (g * memory).sum(1), self.similarities(g, noise_g)
+        pos_f, neg_f = (f * memory).sum(1), self.similarities(f, noise_f)
+        loss_jigsaw = self.contrast(pos_g, neg_g, keep_g, self.log_z_jigsaw)
+        loss_image = self.contrast(pos_f, neg_f, keep_f, self.log_z_image)
         loss = c.jigsaw_weight * loss_jigsaw + (1 - c.jigsaw_weight) * loss_image
         self.bank.update(batch.index, f)
-        logs = contrast_logs(torch.cat([pos_g[:, None], neg_g], 1))
+        logs = self.scored(pos_g, neg_g, keep_g)
         logs.update(loss_jigsaw=loss_jigsaw.detach(), loss_image=loss_image.detach())
         return MethodOutput(loss, logs)

@@ -240,21 +240,22 @@ def test_instdisc_bank_and_log_z_follow_every_process(ranks):
     t = m.config.temperature
     bank0 = m.bank.bank.clone()
     x = global_views(2, views=1)[0]
-    feats, negs, poss = [], [], []
+    feats, negs, poss, keeps = [], [], [], []
     for r in range(WORLD):
         f = m.online(x[rank_slice(r)])                     # each rank's BatchNorm batch
         torch.manual_seed(20 + r)
-        noise = bank0[torch.randint(NUM_SAMPLES, (m.config.negatives,))]
+        drawn = torch.randint(NUM_SAMPLES, (m.config.negatives,))
+        keeps.append(drawn[None, :] != torch.as_tensor(INSTDISC_INDEX[r])[:, None])   # never the own row
         feats.append(f)
-        negs.append(f @ noise.T)
+        negs.append(f @ bank0[drawn].T)
         poss.append((f * bank0[INSTDISC_INDEX[r]]).sum(1))
-    log_z = nce_log_z(torch.cat(negs), t, NUM_SAMPLES)   # the noise of every process
+    log_z = nce_log_z(torch.cat(negs), t, NUM_SAMPLES, torch.cat(keeps))   # the noise of every process
     a, b = ranks[0]["instdisc"], ranks[1]["instdisc"]
     assert torch.equal(a["log_z"], b["log_z"])
     assert torch.allclose(a["log_z"], log_z, atol=1e-12, rtol=0)
-    assert not torch.allclose(a["log_z"], nce_log_z(negs[0], t, NUM_SAMPLES), atol=1e-6)
+    assert not torch.allclose(a["log_z"], nce_log_z(negs[0], t, NUM_SAMPLES, keeps[0]), atol=1e-6)
     for r, res in enumerate(ranks):
-        assert torch.allclose(res["instdisc"]["loss"], nce(poss[r], negs[r], log_z, t, NUM_SAMPLES),
+        assert torch.allclose(res["instdisc"]["loss"], nce(poss[r], negs[r], log_z, t, NUM_SAMPLES - 1, keeps[r]),
                               atol=1e-12, rtol=0)
     # both ranks' rows moved, on both ranks; the other rows did not
     assert torch.equal(a["bank"], b["bank"])

@@ -352,12 +352,13 @@ def test_instdisc_log_z_loss_and_bank_update():
     torch.manual_seed(5)
     out = m(batch)
     torch.manual_seed(5)
-    noise = bank0[torch.randint(n, (16,))]          # the method's draw, from the global RNG
-    neg = f @ noise.T
+    drawn = torch.randint(n, (16,))                 # the method's draw, from the global RNG
+    keep = drawn[None, :] != index[:, None]         # a sample's own row is not its noise
+    neg = f @ bank0[drawn].T
     pos = (f * bank0[index]).sum(1)
-    log_z = nce_log_z(neg, t, n)
+    log_z = nce_log_z(neg, t, n, keep)
     assert close(m.log_z_value, log_z, 1e-12)
-    assert close(out.loss, nce(pos, neg, log_z, t, n), 1e-12)
+    assert close(out.loss, nce(pos, neg, log_z, t, n - 1, keep), 1e-12)     # noise from the n - 1 others
     # the bank rows of the batch moved half-way to the features; the others did not move
     assert close(m.bank.bank[index], F.normalize(0.5 * bank0[index] + 0.5 * f, dim=1), 1e-12)
     others = torch.ones(n, dtype=torch.bool)
@@ -373,10 +374,12 @@ def test_instdisc_log_z_loss_and_bank_update():
     out2 = m(batch2)
     assert torch.equal(m.log_z_value, log_z1)
     torch.manual_seed(6)
-    neg2 = f2 @ bank1[torch.randint(n, (16,))].T
+    drawn2 = torch.randint(n, (16,))
+    keep2 = drawn2[None, :] != torch.arange(4)[:, None]
+    neg2 = f2 @ bank1[drawn2].T
     pos2 = (f2 * bank1[:4]).sum(1)
-    assert close(out2.loss, nce(pos2, neg2, log_z1, t, n), 1e-12)
-    assert not close(log_z1, nce_log_z(neg2, t, n), 1e-6)   # re-estimating would differ
+    assert close(out2.loss, nce(pos2, neg2, log_z1, t, n - 1, keep2), 1e-12)
+    assert not close(log_z1, nce_log_z(neg2, t, n, keep2), 1e-6)   # re-estimating would differ
 
 
 def test_instdisc_bank_momentum_weights_the_old_entry():
@@ -405,26 +408,31 @@ def instdisc_step(**options):
 
 def test_instdisc_per_sample_negatives():
     m, out, f, bank0, index = instdisc_step(shared_negatives=False)
-    noise = bank0[torch.randint(64, (4, 16))]                        # one draw per sample
-    neg = torch.einsum("bd,bmd->bm", f, noise)
+    drawn = torch.randint(63, (4, 16))                               # one draw per sample, of the 63 others:
+    drawn = drawn + (drawn >= index[:, None])                        # the own row skipped
+    neg = torch.einsum("bd,bmd->bm", f, bank0[drawn])
     t = m.config.temperature
     log_z = nce_log_z(neg, t, 64)
     assert close(m.log_z_value, log_z, 1e-12)
-    assert close(out.loss, nce((f * bank0[index]).sum(1), neg, log_z, t, 64), 1e-12)
+    assert close(out.loss, nce((f * bank0[index]).sum(1), neg, log_z, t, 63), 1e-12)
 
 
-def softmax_reference(pos, neg, t):
-    """-log(exp(pos / t) / (exp(pos / t) + sum_j exp(neg_j / t))), averaged, written out in float64."""
+def softmax_reference(pos, neg, t, keep=None):
+    """-log(exp(pos / t) / (exp(pos / t) + sum_j exp(neg_j / t))), averaged, written out in float64;
+    the sum over the kept j only."""
     pos, neg = pos.double(), neg.double()
-    return (-(pos / t) + torch.log(torch.exp(pos / t) + torch.exp(neg / t).sum(1))).mean()
+    e = torch.exp(neg / t) * (1.0 if keep is None else keep.double())
+    return (-(pos / t) + torch.log(torch.exp(pos / t) + e.sum(1))).mean()
 
 
 def test_instdisc_softmax_loss_is_the_non_parametric_softmax_and_needs_no_z():
     m, out, f, bank0, index = instdisc_step(loss="softmax")
-    neg = f @ bank0[torch.randint(64, (16,))].T
+    drawn = torch.randperm(64)[:16]                 # without replacement: each row at most once
+    keep = drawn[None, :] != index[:, None]
+    neg = f @ bank0[drawn].T
     pos = (f * bank0[index]).sum(1)
     t = m.config.temperature
-    assert close(out.loss, softmax_reference(pos, neg, t), 1e-12)
+    assert close(out.loss, softmax_reference(pos, neg, t, keep), 1e-12)
     assert not close(out.loss, nce(pos, neg, nce_log_z(neg, t, 64), t, 64), 1e-3)
     assert torch.isnan(m.log_z_value)                   # no Z is estimated or used
     assert close(m.bank.bank[index], F.normalize(0.5 * bank0[index] + 0.5 * f, dim=1), 1e-12)
@@ -486,12 +494,13 @@ def test_pirl_loss_is_the_weighted_sum_of_its_two_nce_terms():
     per_patch = m.patch_head(m.backbone(patches.flatten(0, 1)))
     g = F.normalize(m.jigsaw_head(per_patch.reshape(4, 9 * 8)), dim=1)
     torch.manual_seed(3)
-    noise = bank0[torch.randint(32, (16,))]
+    drawn = {"g": torch.randint(32, (16,)), "f": torch.randint(32, (16,))}      # a draw per term
     t = m.config.temperature
     memory = bank0[batch.index]
-    for z, term in ((g, lj), (f, li)):
-        neg = z @ noise.T
-        assert close(term, nce((z * memory).sum(1), neg, nce_log_z(neg, t, 32), t, 32), 1e-12)
+    for z, term, name in ((g, lj, "g"), (f, li, "f")):
+        neg = z @ bank0[drawn[name]].T
+        keep = drawn[name][None, :] != batch.index[:, None]
+        assert close(term, nce((z * memory).sum(1), neg, nce_log_z(neg, t, 32, keep), t, 31, keep), 1e-12)
     # the bank follows the image branch
     m(batch)
     assert close(m.bank.bank[batch.index], F.normalize(0.5 * memory + 0.5 * f, dim=1), 1e-12)
@@ -509,10 +518,11 @@ def test_pirl_softmax_loss_scores_both_branches_with_the_softmax():
     torch.manual_seed(3)
     out = m(batch)
     torch.manual_seed(3)
-    noise = bank0[torch.randint(32, (16,))]
+    dg, df = torch.randperm(32)[:16], torch.randperm(32)[:16]
     memory, t = bank0[batch.index], m.config.temperature
-    lj = softmax_reference((g * memory).sum(1), g @ noise.T, t)
-    li = softmax_reference((f * memory).sum(1), f @ noise.T, t)
+    own = batch.index[:, None]
+    lj = softmax_reference((g * memory).sum(1), g @ bank0[dg].T, t, dg[None, :] != own)
+    li = softmax_reference((f * memory).sum(1), f @ bank0[df].T, t, df[None, :] != own)
     assert close(out.logs["loss_jigsaw"], lj, 1e-12) and close(out.logs["loss_image"], li, 1e-12)
     assert close(out.loss, 0.5 * lj + 0.5 * li, 1e-12)
     assert torch.isnan(m.log_z_image) and torch.isnan(m.log_z_jigsaw)
