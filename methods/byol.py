@@ -4,7 +4,8 @@ another view; the target is a slowly moving average of the online network. No ne
 Online: ResNet + projector (4096 -> 256, BatchNorm) + predictor (4096 -> 256). Target: a copy of
 backbone + projector whose momentum follows a cosine from 0.996 to 1 over training
 (:func:`clvr.methods.momentum.byol_momentum`), updated in :meth:`BYOL.after_step`. With more than
-two views the loss is the mean over pairs of views of the symmetrised loss.
+two views the loss is the mean over pairs of views of the symmetrised loss. Each view goes
+through the networks on its own (``per_view_bn``), so BatchNorm normalises it by its own batch.
 
 Logs: the positive similarity is ``cos(p_i, z'_i)`` (prediction vs the target of the other
 view); the negative one pairs a prediction with other images' targets. BYOL never uses them, but
@@ -48,6 +49,9 @@ class BYOL(Method):
         dim: int = 256
         predictor_hidden: int = 4096
         base_momentum: float = 0.996
+        # each view through BatchNorm on its own, as the reference code runs them: with both views
+        # in one batch, the statistics a view is normalised by carry the other view's content
+        per_view_bn: bool = True
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -65,8 +69,9 @@ class BYOL(Method):
 
     def objective(self, batch) -> MethodOutput:
         views = self.views_to_contrast(batch, at_least=2)
-        p = self.embed(lambda x: self.predictor(self.online(x)), views)
-        z = self.embed(self.target, views)
+        apart = self.config.per_view_bn
+        p = self.embed(lambda x: self.predictor(self.online(x)), views, separately=apart)
+        z = self.embed(self.target, views, separately=apart)
         loss = torch.stack([byol(p[i], p[j], z[i], z[j]) for i, j in pairs(len(views))]).mean()
         logs = mean_logs([byol_logs(p[i], z[j]) for i, j in pairs(len(views), ordered=True)])
         return MethodOutput(loss, logs)

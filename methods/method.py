@@ -141,6 +141,14 @@ class Method(nn.Module):
                               "least 2 (the papers use 256 to 4096)")
 
     @classmethod
+    def evaluation_grid(cls, view_options: dict | None) -> dict | None:
+        """How evaluation reads the encoder: None, on the whole image (every method but CPC); or
+        the patch grid (side, grid, patch, stride) whose features are averaged
+        (:class:`~clvr.methods.patch_grid.PatchGridPool`), for a method trained on patches.
+        ``view_options`` are the training views' options (the method's under the config's)."""
+        return None
+
+    @classmethod
     def defaults(cls) -> dict:
         """The default config as plain data (the paper's hyper-parameters)."""
         return dataclasses.asdict(cls.Config())
@@ -181,6 +189,13 @@ class Method(nn.Module):
         ``self.backbone``."""
         online = self._modules.get("online")
         return online.backbone if online is not None else self.backbone
+
+    @property
+    def projection_head(self) -> nn.Module | None:
+        """The head whose output the loss compares (the collapse monitor measures its effective
+        rank): the ``online`` encoder's head when the method has one, else None."""
+        online = self._modules.get("online")
+        return online.head if online is not None else None
 
     # -- helpers for subclasses ---------------------------------------------------------------
 
@@ -249,13 +264,15 @@ class Method(nn.Module):
                 f"this method reads the {self.views!r} generator")
 
     @staticmethod
-    def embed(net: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    def embed(net: nn.Module, views: list[torch.Tensor], separately: bool = False) -> list[torch.Tensor]:
         """``net`` applied to every view, one call per resolution (views of one size are
-        concatenated, as SimCLR's and SwAV's code do; BatchNorm sees them together)."""
+        concatenated, as SimCLR's and SwAV's code do; BatchNorm sees them together). With
+        ``separately`` each view is its own call, so BatchNorm normalises each view by its own
+        batch statistics (BYOL's reference code)."""
         out: list = [None] * len(views)
         groups: dict[tuple, list[int]] = {}
         for i, v in enumerate(views):
-            groups.setdefault(tuple(v.shape[1:]), []).append(i)
+            groups.setdefault((i,) if separately else tuple(v.shape[1:]), []).append(i)
         for idx in groups.values():
             z = net(torch.cat([views[i] for i in idx]))
             for i, part in zip(idx, z.chunk(len(idx))):

@@ -291,15 +291,28 @@ def test_moco_queue_not_a_multiple_of_the_batch_raises():
 TINY_BYOL = dict(backbone="tiny", hidden=16, dim=8, predictor_hidden=16)
 
 
-def test_byol_loss_is_the_symmetrised_regression_of_its_networks():
+def test_byol_loss_is_the_symmetrised_regression_of_its_networks_one_view_at_a_time():
+    """Each view goes through BatchNorm on its own, as BYOL's reference code runs them (issue 22:
+    one BatchNorm batch of both views let each view's statistics carry the other's content)."""
     m = build("byol", **TINY_BYOL).train()
     batch = two_view_batch(b=4)
-    p1, p2 = _cat_forward(lambda x: m.predictor(m.online(x)), list(batch.views))
-    z1, z2 = _cat_forward(m.target, list(batch.views))
+    (v1, v2) = batch.views
+    p1, p2 = (m.predictor(m.online(v)) for v in (v1, v2))
+    z1, z2 = (m.target(v) for v in (v1, v2))
     out = m(batch)
     assert close(out.loss, byol(p1, p2, z1, z2), 1e-12)
     # at init the target equals the online network: prediction vs projection, not trivially 0
     assert float(out.loss.detach()) > 1e-3
+    # and it is not the joint batch's loss (the statistics differ, so the check above can fail)
+    joint_p = _cat_forward(lambda x: m.predictor(m.online(x)), [v1, v2])
+    joint_z = _cat_forward(m.target, [v1, v2])
+    assert not close(out.loss, byol(*joint_p, *joint_z), 1e-6)
+    # the paper's setting can still be switched off
+    shared = build("byol", **TINY_BYOL, per_view_bn=False).train()
+    shared.load_state_dict(m.state_dict())
+    p = _cat_forward(lambda x: shared.predictor(shared.online(x)), [v1, v2])
+    z = _cat_forward(shared.target, [v1, v2])
+    assert close(shared(batch).loss, byol(*p, *z), 1e-12)
 
 
 def test_byol_after_step_follows_the_cosine_momentum():
@@ -537,18 +550,45 @@ def test_pirl_needs_nine_patches():
 # ------------------------------------------------------------------------------------ 6. CPC
 
 @pytest.mark.parametrize("name", ["cpc_v1", "cpc_v2"])
-def test_cpc_loss_is_the_mean_over_directions_of_cpc(name):
+def test_cpc_loss_is_the_mean_over_directions_of_cpc_skipping_the_overlapping_row(name):
+    """Issue 22: the row next to the context overlaps it (patches at half their size's stride),
+    so CPC predicts from two rows ahead (skip = 1), as Greedy InfoMax and pl_bolts do."""
     m = build(name, backbone="tiny", steps=2, context_layers=1).train()
+    assert m.config.skip == 1
     batch = cpc_batch(b=2, grid=4, patch=16)
     out = m(batch)
     patches = batch.views[0]
     grid = m.backbone(patches.flatten(0, 2)).reshape(2, 4, 4, -1)
     directions = m.context(grid)
     assert len(directions) == (1 if name == "cpc_v1" else 4)
-    per = [cpc(p, t, m.config.temperature) for p, t in directions]
+    for preds, _ in directions:      # rows 0..1 predict row +2, row 0 predicts row +3
+        assert [tuple(p.shape[:2]) for p in preds] == [(2, 2), (2, 1)]
+    per = [cpc(p, t, m.config.temperature, skip=1) for p, t in directions]
     assert close(out.loss, torch.stack(per).mean(), 1e-12)
     if len(per) > 1:
         assert not close(out.loss, per[0], 1e-6)
+    # the prediction at context row i is scored against row i + 2: the first step, by hand
+    preds, targets = directions[0]
+    d = targets.shape[-1]
+    flat = targets.reshape(-1, d)
+    logits = preds[0].reshape(-1, d) @ flat.T / m.config.temperature
+    cells = torch.arange(flat.shape[0]).reshape(2, 4, 4)
+    want = (torch.logsumexp(logits, 1) - logits[torch.arange(len(logits)), cells[:, 2:].reshape(-1)]).mean()
+    assert close(cpc(preds[:1], targets, m.config.temperature, skip=1), want, 1e-12)
+
+
+def test_cpc_refuses_a_grid_whose_first_predicted_row_overlaps_the_context():
+    from clvr.methods.train_config import ConfigError
+    cls = get_method("cpc_v2")
+    config = cls.make_config(backbone="tiny")
+    cls.check_training(config, 8, 1, {"side": 32, "grid": 3, "patch": 16, "stride": 8})  # 16 px at 2 rows: no overlap
+    with pytest.raises(ConfigError, match="model.skip to at least 2"):
+        cls.check_training(cls.make_config(backbone="tiny", skip=0), 8, 1,
+                           {"side": 32, "grid": 3, "patch": 16, "stride": 6})
+    with pytest.raises(ConfigError, match="overlap the context's last row 1 row"):
+        cls.check_training(cls.make_config(backbone="tiny", skip=0), 8, 1, {"side": 32, "grid": 3, "patch": 16, "stride": 8})
+    with pytest.raises(ConfigError, match="grid = 2 leaves no row to predict"):
+        cls.check_training(config, 8, 1, {"side": 32, "grid": 2, "patch": 16, "stride": 16})
 
 
 def test_cpc_v2_defaults_use_layer_norm_and_four_directions():
