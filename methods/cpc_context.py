@@ -2,7 +2,8 @@
 
 The context of row ``i`` sees only rows ``0 .. i`` of the grid (masked, PixelCNN-style
 convolutions: each layer pads the top so that its kernel never looks down). From the context at
-row ``i``, a linear map per step ``k`` predicts the embedding of row ``i + k``. CPC v1 predicts
+row ``i``, a linear map per step ``k`` predicts the embedding of row ``i + skip + k`` (``skip``
+rows next to the context are left out: their patches overlap the context's). CPC v1 predicts
 downwards only; CPC v2 does it from several directions: the grid is turned by 90, 180 and 270
 degrees, and each direction has its own network.
 
@@ -43,26 +44,32 @@ class ContextNet(nn.Module):
 
 
 class CPCContext(nn.Module):
-    def __init__(self, dim: int, steps: int = 5, layers: int = 3, directions: int = 1):
+    def __init__(self, dim: int, steps: int = 5, layers: int = 3, directions: int = 1, skip: int = 0):
         super().__init__()
         if directions not in (1, 2, 4):
             raise ValueError(f"directions must be 1 (v1: downwards), 2 or 4 (v2), got {directions}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        self.steps, self.directions = steps, directions
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0, got {skip}")
+        self.steps, self.directions, self.skip = steps, directions, skip
         self.context = nn.ModuleList(ContextNet(dim, layers) for _ in range(directions))
         self.predict = nn.ModuleList(nn.ModuleList(nn.Linear(dim, dim) for _ in range(steps))
                                      for _ in range(directions))
 
     def forward(self, grid: torch.Tensor) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
         """``grid``: (B, H, W, D) patch embeddings. Per direction: (predictions for k = 1 ..
-        min(steps, H - 1), each (B, H - k, W, D); the turned grid as targets (B, H', W', D))."""
+        min(steps, H - 1 - skip), each (B, H - skip - k, W, D); the turned grid as targets
+        (B, H', W', D))."""
         out = []
         for d in range(self.directions):
             turns = (0, 2, 1, 3)[d]                     # down, up, then the two sideways
             g = torch.rot90(grid, turns, dims=(1, 2))   # predict "downwards" in the turned grid
             ctx = self.context[d](g.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)   # (B, H, W, D)
             H = g.shape[1]
-            preds = [self.predict[d][k - 1](ctx[:, :H - k]) for k in range(1, min(self.steps, H - 1) + 1)]
+            s = self.skip
+            if H - 1 - s < 1:
+                raise ValueError(f"a grid of {H} rows leaves no row to predict {s + 1} rows ahead (skip = {s})")
+            preds = [self.predict[d][k - 1](ctx[:, :H - s - k]) for k in range(1, min(self.steps, H - 1 - s) + 1)]
             out.append((preds, g))
         return out

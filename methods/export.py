@@ -4,7 +4,8 @@ The weights file holds the backbone's tensors (parameters and buffers such as Ba
 statistics) under the backbone's own names, so plain ``torch`` + ``safetensors`` read it without
 clvr; the sidecar says how to rebuild the network (``architecture``: ``kind`` image or video,
 ``name`` and ``options`` for :func:`clvr.methods.backbones.backbone` or
-:func:`clvr.methods.video_backbones.video_backbone`) and how to feed it (``input``: mean, std,
+:func:`clvr.methods.video_backbones.video_backbone`; ``patch_grid`` for an encoder read on the mean
+of a grid of patches, :class:`~clvr.methods.patch_grid.PatchGridPool`) and how to feed it (``input``: mean, std,
 size, layout), where it came from (method, step, checkpoint, clvr version) and the weights'
 sha256. :func:`load_encoder` rebuilds it with clvr's network modules only, not its training code.
 """
@@ -21,6 +22,7 @@ from torch import nn
 from .. import __version__
 from ..shards.fileio import atomic_target, sha256_file, write_atomic
 from .checkpoint import CHECKPOINTS, CheckpointError, latest_checkpoint, load_checkpoint
+from .patch_grid import PatchGridPool, check_grid
 
 #: the sidecar's ``format``, and the version of its fields
 FORMAT = "clvr-encoder"
@@ -182,6 +184,11 @@ def _architecture(arch, where: str, error: type = EncoderFileError) -> dict:
         raise error(f"{where}: architecture name = {arch.get('name')!r}; must be a backbone name")
     if not isinstance(arch.get("options", {}), dict):
         raise error(f"{where}: architecture options = {arch.get('options')!r}; must be a dict")
+    if arch.get("patch_grid") is not None:
+        try:
+            check_grid(arch["patch_grid"], f"{where}: architecture patch_grid")
+        except ValueError as e:
+            raise error(str(e)) from None
     return arch
 
 
@@ -191,10 +198,13 @@ def _build(arch: dict, where: str) -> nn.Module:
     else:
         from .video_backbones import video_backbone as build
     try:
-        return build(arch["name"], **dict(arch.get("options") or {}))
+        model = build(arch["name"], **dict(arch.get("options") or {}))
     except (TypeError, ValueError) as e:
         raise EncoderFileError(f"{where}: cannot build the {arch['kind']} backbone {arch['name']!r} "
                                f"with options {arch.get('options') or {}}: {e}") from None
+    # a method trained on patches (CPC) is read on the mean of its patch grid; the state dict
+    # stays the backbone's
+    return PatchGridPool(model, **arch["patch_grid"]) if arch.get("patch_grid") else model
 
 
 def _check_tensors(model: nn.Module, tensors: dict, where: str) -> None:

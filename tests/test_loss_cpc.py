@@ -232,3 +232,31 @@ def test_step_with_no_rows_is_rejected():
     except ValueError:
         return
     assert torch.isfinite(loss), f"loss is {loss.item()}"
+
+
+# ----------------------------------------------------------------------------- skip (issue 22)
+
+@pytest.mark.parametrize("skip,steps", [(1, 1), (1, 2), (2, 2)])
+def test_skip_scores_each_prediction_against_the_row_skip_plus_k_ahead(skip, steps):
+    """With ``skip`` rows left out after the context, predictions[k - 1] (B, G - skip - k, G, D)
+    predicts row i + skip + k: the reference's k-step loss at offset skip + k."""
+    gen = torch.Generator().manual_seed(11 + skip + steps)
+    b, g, d = 2, 5, 4
+    targets = _rand(gen, b, g, g, d)
+    predictions = [_rand(gen, b, g - skip - k, g, d) for k in range(1, steps + 1)]
+    want = sum(reference_cpc_step(p, targets, skip + k, 0.5)
+               for k, p in enumerate(predictions, start=1)) / steps
+    got = cpc(predictions, targets, 0.5, skip=skip)
+    assert got.item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_skip_refuses_predictions_shaped_for_another_offset_and_a_grid_too_short():
+    gen = torch.Generator().manual_seed(3)
+    targets = _rand(gen, 1, 4, 4, 3)
+    one_ahead = [_rand(gen, 1, 3, 4, 3)]
+    with pytest.raises(ValueError, match=r"predictions\[0\] must be \(B, H - 2, W, D\)"):
+        cpc(one_ahead, targets, skip=1)
+    with pytest.raises(ValueError, match="K < H - skip = 1"):
+        cpc([_rand(gen, 1, 1, 4, 3)], targets, skip=3)
+    with pytest.raises(ValueError, match="skip must be >= 0"):
+        cpc(one_ahead, targets, skip=-1)

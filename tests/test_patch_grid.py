@@ -1,0 +1,68 @@
+"""PatchGridPool: CPC's encoder read on the mean of its patch grid (issue 22), and its export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clvr.methods.backbones import backbone
+from clvr.methods.export import _build, load_encoder
+from clvr.methods.patch_grid import PatchGridPool, check_grid
+
+GRID = {"side": 12, "grid": 3, "patch": 6, "stride": 3}
+
+
+def test_the_pool_is_the_mean_of_the_backbone_over_the_grid_of_the_resized_image():
+    torch.manual_seed(0)
+    net = backbone("tiny").double().eval()
+    pool = PatchGridPool(net, **GRID).eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    big = F.interpolate(x, size=(12, 12), mode="bilinear", align_corners=False, antialias=True)
+    want = torch.stack([
+        torch.stack([net(big[b:b + 1, :, 3 * i:3 * i + 6, 3 * j:3 * j + 6])[0] for i in range(3) for j in range(3)]).mean(0)
+        for b in range(2)])
+    assert torch.allclose(pool(x), want, atol=1e-12, rtol=0)
+    # an image already at the side is not resized
+    assert torch.allclose(pool(big), want, atol=1e-12, rtol=0)
+    assert pool.num_features == net.num_features
+
+
+def test_its_state_dict_is_the_backbones_under_the_backbones_names():
+    net = backbone("tiny")
+    pool = PatchGridPool(net, **GRID)
+    assert list(pool.state_dict()) == list(net.state_dict())
+    other = backbone("tiny")
+    PatchGridPool(other, **GRID).load_state_dict(net.state_dict(), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), net.state_dict().values()))
+
+
+def test_bad_grids_are_refused_by_name():
+    with pytest.raises(ValueError, match="spans 15 px, more than side = 12"):
+        check_grid({**GRID, "patch": 9})
+    with pytest.raises(ValueError, match="must give side, grid, patch, stride"):
+        check_grid({"side": 12})
+    with pytest.raises(ValueError, match="positive integers"):
+        check_grid({**GRID, "stride": 0})
+
+
+def test_an_exported_encoder_with_a_patch_grid_is_rebuilt_pooled(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+    net = backbone("tiny").eval()
+    arch = {"kind": "image", "name": "tiny", "options": {}, "num_features": net.num_features, "patch_grid": GRID}
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "e.safetensors"))
+    (tmp_path / "e.json").write_text(json.dumps({"format": "clvr-encoder", "format_version": 1, "weights": "e.safetensors",
+                                                 "architecture": arch, "input": {}}))
+    model = load_encoder(tmp_path / "e.safetensors")
+    assert isinstance(model, PatchGridPool)
+    x = torch.rand(2, 3, 12, 12)
+    assert torch.allclose(model(x), PatchGridPool(net, **GRID)(x), atol=1e-6)
+    assert isinstance(_build(arch, "here"), PatchGridPool)
+    # a sidecar with a broken grid is refused, naming it
+    (tmp_path / "e.json").write_text(json.dumps({"format": "clvr-encoder", "format_version": 1,
+                                                 "architecture": {**arch, "patch_grid": {"side": 4}}, "input": {}}))
+    from clvr.methods.export import EncoderFileError
+    with pytest.raises(EncoderFileError, match="e.json: architecture patch_grid must give"):
+        load_encoder(tmp_path / "e.safetensors")
