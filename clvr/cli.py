@@ -28,11 +28,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe_problem(path) -> str | None:
+    """Why ``clvr shard --recipe FILE`` cannot be recorded (read and checked as a loader would
+    build it: ``clvr.pipeline.recipe`` is light, no torch or DALI), or None."""
+    from clvr.pipeline.errors import PipelineError
+    from clvr.pipeline.recipe import build
+    from clvr.shards.errors import ShardError
+    from clvr.shards.recommended import read_recipe_file
+    try:
+        build(read_recipe_file(path))
+    except ShardError as e:
+        return str(e)
+    except PipelineError as e:
+        return f"--recipe {path}: {e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in manifests as the exact command
     if args.command == "shard":
+        if getattr(args, "recipe", None) is not None:
+            problem = _recipe_problem(args.recipe)
+            if problem:
+                print(f"clvr shard: {problem}", file=sys.stderr)
+                return 2
         from clvr.shards.cli import run
         return run(args)
     if args.command == "views":

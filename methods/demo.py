@@ -27,13 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-#: the view of the digits demo: crops that keep most of the digit, every view's colours
-#: distorted (hue over the whole circle), some views grey, none flipped (mirrored digits are not
-#: digits: SimCLR, 60 epochs, seed 0, flips at p = 0.5 measured kNN 81.3, linear 85.2 and
-#: 1%-label linear 48.2 against 89.4, 92.2 and 52.6 without); 16 px (the scans are 8 x 8)
-DIGITS_RECIPE = {"base": "simclr-cifar", "size": 16, "crop": {"scale": [0.7, 1.0]},
-                 "jitter": {"p": 1.0, "brightness": 0.6, "contrast": 0.6, "saturation": 1.0, "hue": 0.5},
-                 "grayscale": {"p": 0.2}, "flip": {"p": 0.0}}
+# the demos' views: each demo's recommended recipe, which ``clvr shard demo`` records in the
+# manifest (clvr.shards.demo.DIGITS_RECIPE says why each value)
+from ..shards.demo import DIGITS_RECIPE, RECIPES
 
 _SMALL_RESNET = {"backbone": "resnet18", "stem": "cifar", "width": 16}
 _SGD = {"name": "sgd", "lr": 0.3, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
@@ -54,7 +50,7 @@ DEMOS = {
     },
     "digits-video": {
         "method": "video_simclr",
-        "recipe": {**DIGITS_RECIPE, "size": 32},
+        "recipe": RECIPES["digits-video"],
         "train": {"model": {"backbone": "r2plus1d_tiny", "temperature": 0.2, "hidden": 256, "dim": 64},
                   "data": {"batch_size": 32, "view_options": {"frames": 8}},
                   "optim": _SGD, "schedule": {"kind": "cosine", "warmup_epochs": 1}, "epochs": 4,
@@ -65,7 +61,7 @@ DEMOS = {
     },
     "digits-objects": {
         "method": "object_contrast",
-        "recipe": {**DIGITS_RECIPE, "size": 16},
+        "recipe": RECIPES["digits-objects"],
         "train": {"model": {**_SMALL_RESNET, "temperature": 0.2, "hidden": 256, "dim": 64},
                   "data": {"batch_size": 32, "view_options": {"size": 16}},     # the crops: 16 px
                   "optim": _SGD, "schedule": {"kind": "cosine", "warmup_epochs": 1}, "epochs": 25,

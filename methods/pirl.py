@@ -62,6 +62,10 @@ class PIRL(MemoryBankMethod):
         self.register_buffer("log_z_image", torch.tensor(math.nan))
         self.register_buffer("log_z_jigsaw", torch.tensor(math.nan))
 
+    @property
+    def projection_head(self) -> nn.Module:
+        return self.image_head
+
     def objective(self, batch) -> MethodOutput:
         c = self.config
         image = self.view(batch, "image", 4)

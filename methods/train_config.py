@@ -84,6 +84,9 @@ class TrainConfig:
     log_every: int = 10              # steps between metric lines
     on_nonfinite: str = "stop"       # stop | skip (a step with a non-finite loss is skipped)
     collapse_threshold: float = 0.01  # features' spread below it is a collapse (see .collapse); 0: off
+    view_check: bool = True          # before the first step: can trivial features match the views? (the plan)
+    collapse_rank: float = 0.25      # an effective rank below this fraction of min(batch, features) is a
+                                     # dimensional collapse (see .collapse); 0: not checked
     on_collapse: str = "warn"        # warn (progress bar, metrics.jsonl) | stop
     progress: bool = True
     knn_every: int = 5               # epochs between kNN checks on --val (and one at the end)
@@ -174,6 +177,9 @@ def check(config: TrainConfig) -> TrainConfig:
                 "data.shuffle_buffer"):
         if _get(config, key) < 0:
             raise ConfigError(f"config {key} = {_get(config, key)} must not be negative")
+    if not 0 <= config.collapse_rank <= 1:
+        raise ConfigError(f"config collapse_rank = {config.collapse_rank} must be in [0, 1] (a fraction of "
+                          "min(batch, features); 0 turns the dimensional collapse check off)")
     if not config.collapse_threshold >= 0:
         raise ConfigError(f"config collapse_threshold = {config.collapse_threshold} must not be negative "
                           "(0 turns the collapse check off)")
@@ -313,6 +319,31 @@ def data_sizes(data):
     return found, str(directory / MANIFEST_NAME)
 
 
+#: ``data.recipe`` naming the shard set's own recommendation (its manifest's ``recommended``)
+RECOMMENDED = "recommended"
+
+
+def data_recommendation(data):
+    """(the ``recommended`` entry of a local shard set's manifest, the manifest's path), or
+    (None, why not)."""
+    from ..shards.errors import ShardError
+    from ..shards.manifest import MANIFEST_NAME, shard_sets
+    from ..shards.recommended import recommended
+    from ..pipeline.source import is_remote
+    text = str(data)
+    path = Path(text)
+    if is_remote(text) or not (path.is_dir() or path.name == MANIFEST_NAME):
+        return None, f"no manifest ({text})"
+    try:
+        sets = shard_sets(path)
+        if len(sets) != 1:
+            return None, f"{text} holds several splits"
+        directory, manifest = next(iter(sets.values()))
+        return recommended(manifest, str(directory / MANIFEST_NAME)), str(directory / MANIFEST_NAME)
+    except ShardError as e:
+        return None, str(e)
+
+
 def small_view_side(sizes) -> int:
     """The views' side for small images: the median image's bucket, within 16 to 64 px."""
     return int(min(64, max(16, sizes.median_side)))
@@ -326,21 +357,33 @@ def build_for_data(method: str | None, config_file, sets, data, overrides: dict 
     config = build(method, config_file, sets, overrides)
     if config.preset == "paper":
         return config, "the paper's settings (preset = paper)"
+    # the shard set's own recipe, unless a recipe or a view size was chosen
+    found, manifest = data_recommendation(data)
+    chosen = bool(config.data.recipe or config.data.size)
+    recipe = {"data": {"recipe": RECOMMENDED}} if found is not None and not chosen else None
+    said = (f"; views: the shard set's recommended recipe ({manifest}: {found.get('source', 'no source given')})"
+            if recipe else "")
     sizes, where = data_sizes(data)
     if config.preset == "auto":
+        paper = None
         if sizes is None:
-            return config, f"the paper's settings ({where}; --set preset=small for small images)"
-        if sizes.mixed:
-            return config, (f"the paper's settings: WARNING: the images mix small and large sizes "
-                            f"({sizes.describe()}, {where}); resize them to one scale, or choose with "
-                            f"--set preset=small or preset=paper")
-        if not sizes.small:
-            return config, f"the paper's settings (the images are large: {sizes.describe()})"
+            paper = f"the paper's settings ({where}; --set preset=small for small images)"
+        elif sizes.mixed:
+            paper = (f"the paper's settings: WARNING: the images mix small and large sizes "
+                     f"({sizes.describe()}, {where}); resize them to one scale, or choose with "
+                     f"--set preset=small or preset=paper")
+        elif not sizes.small:
+            paper = f"the paper's settings (the images are large: {sizes.describe()})"
+        if paper is not None:
+            if recipe:
+                config = build(method, config_file, sets, overrides, base=recipe)
+            return config, paper + said
     from .small_images import recipe_settings, train_settings
     side = small_view_side(sizes) if sizes is not None else 32
-    base = _merge(train_settings(config.method), recipe_settings(side))
+    base = _merge(train_settings(config.method), recipe or recipe_settings(side))
     config = build(method, config_file, sets, overrides, base=base)
     why = (f"the images are small ({sizes.describe()})" if sizes is not None and config.preset == "auto"
            else "preset = small")
-    return config, (f"small-image settings (clvr.methods.small_images, {side} px views): {why}; "
-                    "--set preset=paper for the paper's")
+    views = said or f", {side} px views"
+    return config, (f"small-image settings (clvr.methods.small_images{'' if said else views}): {why}; "
+                    f"--set preset=paper for the paper's{said}")

@@ -57,6 +57,7 @@ from .launcher import LauncherWatch
 from .metrics import MetricsLog
 from .resume import DATA, ResumeError, compare, converted_step, data_fingerprint, flatten, refusal
 from .run_dir import check_out, write_error
+from .patch_grid import PatchGridPool
 from .optimizers import build_optimizer, scaled_lr
 from .schedules import build_scheduler, epochs_to_steps
 
@@ -65,6 +66,8 @@ from .schedules import build_scheduler, epochs_to_steps
 RUN_LOCK = ".clvr-train.lock"
 #: how the last run in a directory ended: done, stopped (by a signal), failed or aborted
 STATUS = "status.json"
+#: the view check's result (see clvr.pipeline.view_check), written before the first step
+VIEW_CHECK = "view_check.json"
 
 
 def _normalization(loader) -> dict:
@@ -169,11 +172,17 @@ class Trainer:
         view_options = {**cls.view_options, **d.view_options}
         # a queue shorter than a batch and the like: refused before the data pipeline is built
         cls.check_training(method_config, d.batch_size, acc.num_processes, view_options)
+        # how evaluation reads the encoder (CPC: the mean of its patch grid), for the kNN monitor
+        # and the checkpoint's encoder entry
+        self.evaluation_grid = cls.evaluation_grid(view_options)
         self._say(f"building the DALI pipeline for {data} ({d.device} device; the first build takes a few seconds)")
         recipe = d.recipe or cls.recipe
+        if recipe == cfg.RECOMMENDED:
+            recipe = self._recommended_recipe(data)
         if d.size:
             from ..pipeline import recipe as recipe_mod
             recipe = recipe_mod.build(recipe, size=d.size)
+        self.views_spec = (d.views or cls.views, recipe, view_options)      # what the view check reads
         self.loader = ViewLoader(self.shard_set, d.views or cls.views, recipe=recipe,
                                  batch_size=d.batch_size, device=d.device, rank=acc.process_index,
                                  world_size=acc.num_processes, local_rank=acc.local_process_index,
@@ -194,7 +203,8 @@ class Trainer:
         if config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         from .collapse import CollapseMonitor
-        self.collapse = CollapseMonitor(self.method.encoder, config.collapse_threshold)
+        self.collapse = CollapseMonitor(self.method.encoder, config.collapse_threshold,
+                                        head=self.method.projection_head, rank_fraction=config.collapse_rank)
         if config.compile:
             self._say("torch.compile: the backbone is compiled during the first step (a minute or more)")
             self.method.encoder.compile()
@@ -222,11 +232,52 @@ class Trainer:
         self._signalled: str | None = None      # the first stop signal this process received
         self._interrupts = 0
 
+    def _recommended_recipe(self, data) -> dict:
+        """The recipe the shard set's manifest recommends (``data.recipe = recommended``)."""
+        from ..shards.errors import ShardError
+        from ..shards.recommended import recommended
+        try:
+            found = recommended(self.shard_set.manifest, f"the manifest of {data}")
+        except ShardError as e:
+            raise TrainingError(str(e)) from None
+        if found is None:
+            raise TrainingError(f"config data.recipe = {cfg.RECOMMENDED}, but {data} has no recommended recipe in "
+                                "its manifest (clvr shard ... --recipe FILE records one); give data.recipe a "
+                                "preset name or a YAML file")
+        return dict(found["recipe"])
+
     def _say(self, text: str) -> None:
         """A line on stderr from the main process: what long first-use work is doing."""
         self._write(None, f"clvr train: {text}")
 
-    def plan(self):
+    def view_check(self):
+        """The :mod:`~clvr.pipeline.view_check` of this run's views: one batch of up to 256 images
+        from a loader of its own (on the CPU, its own seed, so the run's data order and random
+        state are untouched); a line saying why not when it cannot run."""
+        from ..pipeline import ViewLoader
+        from ..pipeline.view_check import PAIRS, check_views, image_pair
+        generator, recipe, view_options = self.views_spec
+        if self.shard_set.remote:
+            return "not run on remote shards (it would read them twice)"
+        pairs = min(PAIRS, self.loader.num_samples)
+        if pairs < 2:
+            return f"not run: {self.loader.num_samples} sample(s)"
+        with torch.random.fork_rng(devices=[]):
+            loader = ViewLoader(self.shard_set, generator, recipe=recipe, batch_size=pairs, device="cpu",
+                                rank=0, world_size=1, seed=self.config.seed + 7919, last_batch="drop",
+                                on_error=self.config.data.on_error, photometric=self.config.data.photometric,
+                                view_options=view_options)
+            try:
+                batch = next(iter(loader))
+            finally:
+                loader.close()
+        pair = image_pair(batch)
+        if pair is None:
+            return f"not applicable: the {generator} views are not two images of one size"
+        name = self.config.data.recipe or self.method_cls.recipe
+        return check_views(*pair, recipe=f"data.recipe {name}")
+
+    def plan(self, view_check=None):
         """The run's :class:`~clvr.methods.plan.Plan` (printed before the first step)."""
         from .plan import Plan
         c, d, acc, m = self.config, self.config.data, self.accelerator, self.method
@@ -246,7 +297,21 @@ class Trainer:
                     epochs=c.epochs, total_steps=self.total_steps, batch=d.batch_size,
                     processes=acc.num_processes,
                     device=f"{acc.device}, {threads} torch thread(s); DALI on {self.loader.device}, "
-                           f"{self.loader.num_threads} thread(s); precision {c.precision}")
+                           f"{self.loader.num_threads} thread(s); precision {c.precision}",
+                    view_check="" if view_check is None else
+                               view_check if isinstance(view_check, str) else view_check.text(),
+                    monitor=self._monitor_line())
+
+    def _monitor_line(self) -> str:
+        c = self.config
+        if self.knn_loaders is not None:
+            return (f"kNN (k={c.knn_k}) of {self.data_specs['val']} against the training set every "
+                    f"{c.knn_every} epoch(s) and at the end; the features' spread and effective rank every "
+                    f"{c.log_every} steps")
+        return (f"none: without --val nothing will show whether this run learns (its loss falls either way); "
+                f"add --val VAL_SHARDS for a kNN monitor every knn_every ({c.knn_every}) epochs, or run "
+                f"clvr eval knn on the run afterwards. The features' spread and effective rank are watched "
+                f"every {c.log_every} steps")
 
     def _slow_hints(self) -> list[str]:
         hints = []
@@ -342,6 +407,8 @@ class Trainer:
         c = self.config
         train, val = self.knn_loaders
         encoder = self.method.encoder
+        if self.evaluation_grid:
+            encoder = PatchGridPool(encoder, **self.evaluation_grid)
         features, labels, _ = extract_features(encoder, train)
         vfeatures, vlabels, _ = extract_features(encoder, val)
         # samples without a label (-1) neither vote nor are scored; how many is said once (_log_knn)
@@ -381,7 +448,9 @@ class Trainer:
                 "encoder": {"prefix": prefix,
                             "architecture": {"kind": kind, "name": self.method.config.backbone,
                                              "options": self.method.backbone_options(),
-                                             "num_features": int(encoder.num_features)},
+                                             "num_features": int(encoder.num_features),
+                                             **({"patch_grid": self.evaluation_grid}
+                                                if self.evaluation_grid else {})},
                             "input": {**_normalization(self.loader),
                                       "layout": "B,T,3,H,W" if kind == "video" else "B,3,H,W"}}}
 
@@ -541,13 +610,17 @@ class Trainer:
         """``OUT/status.json``: how the run ended, for job scripts (a launcher's own exit status
         says how the launcher ended: ``accelerate launch`` exits 143 when it is sent SIGTERM, even
         though every worker stopped with a checkpoint and exited 0)."""
-        from ..shards.fileio import write_atomic
         status = {**status, "step": self.step, "total_steps": self.total_steps,
                   "last_checkpoint": str(latest_checkpoint(self.out) or "") or None}
+        self._write_run_file(STATUS, status)
+
+    def _write_run_file(self, name: str, content: dict) -> None:
+        """``OUT/name`` as JSON, atomically; a line (not a failure) when it cannot be written."""
+        from ..shards.fileio import write_atomic
         try:
-            write_atomic(self.out / STATUS, (json.dumps(status, indent=1) + "\n").encode(), f".{os.getpid()}.tmp")
+            write_atomic(self.out / name, (json.dumps(content, indent=1) + "\n").encode(), f".{os.getpid()}.tmp")
         except OSError as e:
-            self._write(None, f"clvr train: could not write {self.out / STATUS} ({e.strerror})")
+            self._write(None, f"clvr train: could not write {self.out / name} ({e.strerror})")
 
     def run(self) -> dict:
         acc, c = self.accelerator, self.config
@@ -567,7 +640,12 @@ class Trainer:
                 acc.init_trackers("tensorboard", config={k: v for k, v in flatten(cfg.to_dict(c)).items()
                                                          if isinstance(v, (int, float, str, bool))})
             if main:
-                self._write(None, self.plan().text().rstrip("\n"))
+                check = self.view_check() if c.view_check and self.resumed_from is None else None
+                self._write(None, self.plan(check).text().rstrip("\n"))
+                if check is not None and not isinstance(check, str):
+                    self._write_run_file(VIEW_CHECK, {**check.to_dict(), "warnings": check.warnings()})
+                    for warning in check.warnings():
+                        self._write(None, f"clvr train: {warning}")
             if main and c.progress:
                 from ..shards.progress import bar as progress_bar      # plain lines when stderr is a log file
                 bar = progress_bar(self.total_steps, f"{self.method_cls.name}", "step", initial=self.step)
@@ -629,8 +707,12 @@ class Trainer:
                         extra = {}
                         if self.collapse.last is not None:
                             extra["spread"] = f"{self.collapse.last:.3f}"
+                        if "backbone" in self.collapse.ranks:
+                            extra["rank"] = f"{self.collapse.ranks['backbone'][0]:.0f}"
                         if self.collapse.collapsed:
                             extra["COLLAPSE"] = f"since step {self.collapse.since_step}"
+                        elif self.collapse.dimensional:
+                            extra["DIM_COLLAPSE"] = ",".join(self.collapse.narrow)
                         bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}",
                                         **extra)
                     if write:
@@ -726,6 +808,13 @@ class Trainer:
             else:
                 import sys
                 print(f"clvr train: step {self.step}: {text}", file=sys.stderr)
+        if self.collapse.dimensional_started and self.accelerator.is_main_process:
+            text = self.collapse.dimensional_message(self.method_cls.name)
+            if metrics is not None:
+                metrics.write({"step": self.step, "event": "dimensional_collapse", "parts": self.collapse.narrow,
+                               "effective_rank": {p: round(r, 2) for p, (r, _) in self.collapse.ranks.items()},
+                               "message": text})
+            self._write(bar, f"clvr train: step {self.step}: {text}")
         if collapsed and self.config.on_collapse == "stop":
             raise TrainingError(f"step {self.step}: {self.collapse.message(self.method_cls.name)}; stopping "
                                 f"(on_collapse = stop). The last checkpoint is "

@@ -67,6 +67,9 @@ def _common(p: argparse.ArgumentParser, split_default: float = 0.0) -> None:
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over instead of resuming an interrupted run into OUT")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--recipe", type=Path, default=None, metavar="FILE",
+                   help="a view recipe (YAML) that learns on this data, recorded in the manifest: clvr train "
+                        "uses it by default (preset=auto) and says so in its plan")
     g.add_argument("--fsync", action="store_true",
                    help="flush each shard to disk before renaming it (survives a power loss; slower)")
 
@@ -209,14 +212,23 @@ def _shuffle_splits(splits, args):
             for s in splits]
 
 
-def _run(args, kind, splits, prepare, options, classes=None, categories=None, notes=()):
+def _recommendation(args, default: dict | None = None) -> dict | None:
+    """The manifest's recommended recipe: --recipe FILE, else ``default`` (the demo's)."""
+    from .recommended import entry, read_recipe_file
+    if getattr(args, "recipe", None) is not None:
+        return entry(read_recipe_file(args.recipe), f"--recipe {args.recipe}")
+    return default
+
+
+def _run(args, kind, splits, prepare, options, classes=None, categories=None, notes=(), recommended=None):
     from .job import JobConfig, print_summary, run_job
 
+    recommended = _recommendation(args, recommended)
     cfg = JobConfig(kind=kind, out=args.out, command=["clvr", *args.argv], options=options,
                     shard_size=args.shard_size, max_shard_bytes=args.max_shard_bytes, workers=args.workers,
                     strict=args.strict, overwrite=args.overwrite, seed=args.seed, classes=classes,
                     categories=categories, progress=args.progress, resume=args.resume, fsync=args.fsync,
-                    listing_notes=list(notes))
+                    listing_notes=list(notes), recommended=recommended)
     result = run_job(cfg, splits, prepare, log=lambda m: print(m, file=sys.stderr))
     print_summary(result, args.out)
     return result
@@ -309,7 +321,7 @@ def cmd_pairs(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import CLASS_NAMES, PrepareDemo, build_items, compose_object_items
+    from .demo import CLASS_NAMES, PrepareDemo, build_items, compose_object_items, demo_recommendation
     from .job import Split
     from .split import stratified_split
 
@@ -324,7 +336,8 @@ def cmd_demo(args) -> int:
     categories = ([{"id": i, "name": n} for i, n in enumerate(CLASS_NAMES)]
                   if args.name == "digits-objects" else None)
     _run(args, f"demo:{args.name}", splits, PrepareDemo(args.name),
-         _shared_options(args, demo=args.name, limit=args.limit), classes=CLASS_NAMES, categories=categories)
+         _shared_options(args, demo=args.name, limit=args.limit), classes=CLASS_NAMES, categories=categories,
+         recommended=demo_recommendation(args.name))
     return 0
 
 

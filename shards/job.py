@@ -106,6 +106,8 @@ class JobConfig:
     fsync: bool = False
     # Listing-level log entries (src, what, action, reason), e.g. a bad line of a CSV list.
     listing_notes: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # the recommended view recipe written into every manifest (.recommended), or None
+    recommended: dict | None = None
 
 
 @dataclass
@@ -464,7 +466,13 @@ def _split_manifest(cfg: JobConfig, name, records, components, labels, stats) ->
         "command": cfg.command,
         "seed": cfg.seed,
         "options": cfg.options,
+        **_recommended(cfg),
     }
+
+
+def _recommended(cfg: JobConfig) -> dict:
+    from .recommended import KEY
+    return {KEY: cfg.recommended} if cfg.recommended is not None else {}
 
 
 def _classes(cfg: JobConfig):
@@ -501,6 +509,7 @@ def _write_manifests(cfg: JobConfig, out: Path, result: JobResult) -> None:
         "command": cfg.command,
         "seed": cfg.seed,
         "options": cfg.options,
+        **_recommended(cfg),
     }
     write_json_atomic(out / MANIFEST_NAME, root)
 

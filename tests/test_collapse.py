@@ -63,7 +63,8 @@ def test_the_monitor_fires_on_a_constant_encoder_and_not_on_a_random_network():
     for _ in range(3):
         constant(torch.randn(8, 3, 16, 16))
     status = monitor.check(3)
-    assert status == {"feature_spread": 0.0, "collapse": True} and monitor.started and monitor.since_step == 3
+    assert status == {"feature_spread": 0.0, "collapse": True, "rank_backbone": 0.0}
+    assert monitor.started and monitor.since_step == 3
     constant(torch.randn(8, 3, 16, 16))
     assert monitor.check(4)["collapse"] and not monitor.started    # reported once, while it lasts
     assert "collapse" in monitor.message("byol") and "byol" in monitor.message("byol")
@@ -100,7 +101,8 @@ def test_a_working_run_logs_its_spread_and_no_collapse(clvr, digits, tmp_path):
     spreads = [x["feature_spread"] for x in lines if "loss" in x]
     assert len(spreads) == 8 and min(spreads) > 0.01
     # (the data's path, which the plan names, holds the word too)
-    assert not any(x.get("collapse") or x.get("event") for x in lines)
+    assert not any(x.get("collapse") or x.get("dimensional_collapse") or x.get("event", "view_check") != "view_check"
+                   for x in lines)
     assert "collapse" not in r.err.replace(str(digits), "")
 
 
@@ -144,3 +146,74 @@ def test_a_queue_shorter_than_a_batch_is_refused_by_name(clvr, digits, tmp_path)
     r = clvr("train", *moco, "--set", "model.queue=16", "--set", "model.symmetric=true", "--set", "epochs=1", "--data", digits,
              "--out", tmp_path / "c")
     assert r.code == 0, r.err              # symmetric: 2 x 8 keys a step, and 16 holds them
+
+
+# ------------------------------------------------------------------ dimensional collapse (issue 22)
+
+def rank_reference(h: np.ndarray) -> float:
+    """exp of the entropy of the normalised singular values of the centred batch, in float64."""
+    h = h.astype(np.float64)
+    s = np.linalg.svd(h - h.mean(axis=0), compute_uv=False)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_effective_rank_is_the_formula():
+    from clvr.methods.collapse import effective_rank
+    rng = np.random.default_rng(1)
+    for shape in ((32, 8), (16, 40), (128, 128)):
+        h = rng.normal(size=shape) * rng.uniform(0.1, 3, size=shape[1])
+        assert math.isclose(effective_rank(torch.tensor(h, dtype=torch.float32)), rank_reference(h), rel_tol=1e-4)
+    # features on 3 orthogonal directions with equal energy: rank 3; on one line: 1
+    basis = np.linalg.qr(rng.normal(size=(16, 3)))[0].T                   # (3, 16)
+    codes = np.kron(np.eye(3), np.ones((4, 1))) * 5.0                     # 12 rows, 4 per direction
+    codes -= codes.mean(axis=0)
+    h = codes @ basis + 7.0                                               # an offset changes nothing
+    assert math.isclose(effective_rank(torch.tensor(h)), rank_reference(h), rel_tol=1e-9)
+    line = np.outer(rng.normal(size=20), rng.normal(size=6))
+    assert math.isclose(effective_rank(torch.tensor(line)), 1.0, rel_tol=1e-6)
+    assert effective_rank(torch.ones(5, 4) * 3) == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        effective_rank(torch.ones(1, 4))
+
+
+class LowRank(nn.Module):
+    """An encoder whose 32 features vary along 2 directions only: spread but no dimensions."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("mix", torch.randn(2, 32, generator=g))
+
+    def forward(self, x):
+        return x.flatten(1)[:, :2] @ self.mix + 0.5
+
+
+def test_the_monitor_names_dimensional_collapse_that_the_spread_does_not_see():
+    from clvr.methods.backbones import backbone
+    from clvr.methods.heads import mlp_head
+    enc, head = LowRank().train(), mlp_head(32, 16, 8).train()
+    monitor = CollapseMonitor(enc, head=head)
+    head(enc(torch.randn(64, 3, 4, 4)))
+    status = monitor.check(10)
+    assert status["feature_spread"] > 0.1 and "collapse" not in status          # the spread calls it healthy
+    assert status["rank_backbone"] < 3 and status["dimensional_collapse"] == ["backbone"]
+    assert monitor.dimensional_started and monitor.dimensional_since == 10
+    text = monitor.dimensional_message("byol")
+    assert "dimensional collapse since step 10" in text and "backbone features' effective rank" in text
+    assert "of at most 32" in text
+    head(enc(torch.randn(64, 3, 4, 4)))
+    assert monitor.check(11)["dimensional_collapse"] == ["backbone"] and not monitor.dimensional_started
+    # rank_fraction 0: the ranks are reported, nothing is flagged
+    quiet = CollapseMonitor(enc, rank_fraction=0.0)
+    enc(torch.randn(64, 3, 4, 4))
+    status = quiet.check(1)
+    assert "dimensional_collapse" not in status and status["rank_backbone"] < 3
+    # a random ResNet on noise spreads over many dimensions: not flagged
+    torch.manual_seed(0)
+    net = backbone("tiny", stem="cifar").train()
+    ok = CollapseMonitor(net)
+    net(torch.randn(64, 3, 16, 16))
+    status = ok.check(1)
+    assert "dimensional_collapse" not in status and status["rank_backbone"] > 0.25 * min(64, net.num_features)
