@@ -26,7 +26,7 @@ is the exponential of the entropy of its normalised singular values σ::
 
 1 for features on one line, ``min(B, D)`` for features spread evenly over every direction. The
 monitor measures it on the encoder's output and on the head's (the features the loss compares),
-once per check on the last batch seen, and reports ``dimensional collapse`` by name when the
+once per check on the latest 256 rows seen, and reports ``dimensional collapse`` by name when the
 encoder's rank falls below ``rank_fraction`` (default 1/4) of the most the batch can hold,
 ``min(B, D)``. The head's rank is reported beside it (BYOL's projector collapsing to about 6
 dimensions shows there first) but not judged: a working head can be narrower than its encoder.
@@ -56,12 +56,13 @@ def feature_spread(h: torch.Tensor) -> float:
     return float(h.std(dim=0, unbiased=False).mean() / rms)
 
 
-#: a rank below this fraction of min(batch, features) is a dimensional collapse (measured on the
-#: digits, ResNet-18 width 16, 128 features, batches of 128 views: a random network about 60,
-#: SimCLR 61-65, a collapsing BYOL 18-21)
+#: a rank below this fraction of min(rows, features) is a dimensional collapse (measured on the
+#: digits, ResNet-18 width 16, 128 features, 128 rows: a random network about 60, SimCLR 59-65,
+#: a collapsing BYOL 18-21)
 DEFAULT_RANK_FRACTION = 0.25
-#: the rows an effective rank is measured on (an SVD per check; more rows barely change it)
-RANK_ROWS = 512
+#: the rows an effective rank is measured on: the latest outputs, across forward passes (BYOL's
+#: two views are two passes of 64), so that methods are compared on as many rows; an SVD per check
+RANK_ROWS = 256
 
 
 @torch.no_grad()
@@ -86,21 +87,30 @@ def effective_rank(h: torch.Tensor) -> float:
 
 
 class _Rank:
-    """The last training-mode output of a module, kept for one effective rank per check."""
+    """The latest :data:`RANK_ROWS` rows of a module's training-mode outputs, for one effective
+    rank per check."""
 
     def __init__(self, module: nn.Module):
-        self.last: torch.Tensor | None = None
+        self.recent: list[torch.Tensor] = []
+        self.rows = 0
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output) -> None:
         if module.training and isinstance(output, torch.Tensor) and output.dim() >= 2 and output.shape[0] >= 2:
-            self.last = output.detach()[:RANK_ROWS]
+            h = output.detach().flatten(1)[:RANK_ROWS]
+            if self.recent and self.recent[-1].shape[1] != h.shape[1]:
+                self.recent, self.rows = [], 0
+            self.recent.append(h)
+            self.rows += h.shape[0]
+            while self.rows - self.recent[0].shape[0] >= RANK_ROWS:
+                self.rows -= self.recent.pop(0).shape[0]
 
     def take(self) -> tuple[float, int] | None:
-        """(effective rank, most possible) of the last output, forgotten afterwards."""
-        if self.last is None:
+        """(effective rank, most possible) of the latest rows, forgotten afterwards."""
+        if not self.recent:
             return None
-        h, self.last = self.last.flatten(1), None
+        h = torch.cat(self.recent[::-1])[:RANK_ROWS]
+        self.recent, self.rows = [], 0
         return effective_rank(h), min(h.shape)
 
 

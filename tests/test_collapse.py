@@ -217,3 +217,20 @@ def test_the_monitor_names_dimensional_collapse_that_the_spread_does_not_see():
     net(torch.randn(64, 3, 16, 16))
     status = ok.check(1)
     assert "dimensional_collapse" not in status and status["rank_backbone"] > 0.25 * min(64, net.num_features)
+
+
+def test_the_rank_is_measured_on_the_latest_256_rows_across_forward_passes():
+    """BYOL embeds its two views in two passes of B rows; the rank is measured on as many rows as
+    SimCLR's one pass of 2B, so that the methods' ranks compare."""
+    from clvr.methods.collapse import RANK_ROWS
+    enc = nn.Linear(12, 300).train()
+    monitor = CollapseMonitor(enc)
+    for _ in range(2):
+        enc(torch.randn(64, 12))
+    monitor.check(1)
+    assert monitor.ranks["backbone"][1] == 128            # both passes: min(128 rows, 300)
+    for _ in range(6):
+        enc(torch.randn(64, 12))
+    monitor.check(2)
+    assert monitor.ranks["backbone"][1] == RANK_ROWS == 256
+    assert 0 < monitor.ranks["backbone"][0] <= 12 + 1e-6   # a linear map of 12 inputs has at most 12 dimensions
