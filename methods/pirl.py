@@ -9,7 +9,8 @@ image's own row: see :mod:`clvr.methods.instdisc`),
 
     loss = lambda * NCE(m, g) + (1 - lambda) * NCE(m, f),   lambda = 0.5,
 
-and the bank then moves towards f. Each NCE term has its own Z, fixed on the first batch.
+and the bank then moves towards f. Both NCE terms share one Z (as VISSL's PIRL), fixed on the
+first batch from both terms' noise similarities.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class PIRL(MemoryBankMethod):
         self.patch_head = nn.Linear(width, c.dim)
         self.jigsaw_head = nn.Linear(9 * c.dim, c.dim)
         self.make_bank(c.dim)
-        self.register_buffer("log_z_image", torch.tensor(math.nan))
-        self.register_buffer("log_z_jigsaw", torch.tensor(math.nan))
+        # one Z for both NCE terms (VISSL's PIRL), estimated on the first batch from both terms' noise
+        self.register_buffer("log_z_value", torch.tensor(math.nan))
 
     @property
     def projection_head(self) -> nn.Module:
@@ -83,8 +84,11 @@ class PIRL(MemoryBankMethod):
         noise_f, keep_f = self.noise(batch.index)
         pos_g, neg_g = (g * memory).sum(1), self.similarities(g, noise_g)
         pos_f, neg_f = (f * memory).sum(1), self.similarities(f, noise_f)
-        loss_jigsaw = self.contrast(pos_g, neg_g, keep_g, self.log_z_jigsaw)
-        loss_image = self.contrast(pos_f, neg_f, keep_f, self.log_z_image)
+        if c.loss == "nce":
+            both_keep = None if keep_g is None else torch.cat([keep_g, keep_f])
+            self.log_z(self.log_z_value, torch.cat([neg_g, neg_f]), both_keep)
+        loss_jigsaw = self.contrast(pos_g, neg_g, keep_g, self.log_z_value)
+        loss_image = self.contrast(pos_f, neg_f, keep_f, self.log_z_value)
         loss = c.jigsaw_weight * loss_jigsaw + (1 - c.jigsaw_weight) * loss_image
         self.bank.update(batch.index, f)
         logs = self.scored(pos_g, neg_g, keep_g)
