@@ -85,10 +85,12 @@ def train_config(method: str, seed: int, recipe: Path, epochs: int | None):
     return tcfg.build(method, overrides=settings)
 
 
-def pretrain(method: str, seed: int, out: Path, data: Path, recipe: Path, epochs: int | None) -> dict:
-    """Train (or reuse a finished run); returns its seconds and the lowest feature spread."""
+def pretrain(method: str, seed: int, out: Path, data: Path, recipe: Path, epochs: int | None,
+             name: str | None = None) -> dict:
+    """Train (or reuse a finished run); returns its seconds, the lowest feature spread and the
+    effective ranks at the end (of the encoder's and the head's features; see clvr.methods.collapse)."""
     from clvr.methods.trainer import Trainer
-    run = out / "runs" / f"{method}-seed{seed}"
+    run = out / "runs" / (name or f"{method}-seed{seed}")
     done = run / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -100,18 +102,24 @@ def pretrain(method: str, seed: int, out: Path, data: Path, recipe: Path, epochs
     log(f"pre-train {method}, seed {seed}: {trainer.total_steps} steps")
     trainer.run()
     seconds = time.perf_counter() - t
-    spreads = [r["feature_spread"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-               if "feature_spread" in r]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    spreads = [r["feature_spread"] for r in lines if "feature_spread" in r]
+    ranked = [r for r in lines if "rank_backbone" in r]
     info = {"seconds": round(seconds, 1), "steps": trainer.total_steps, "min_feature_spread": min(spreads),
-            "collapsed": any(s < config.collapse_threshold for s in spreads)}
+            "collapsed": any(s < config.collapse_threshold for s in spreads),
+            "rank_backbone": ranked[-1]["rank_backbone"] if ranked else None,
+            "rank_head": ranked[-1].get("rank_head") if ranked else None,
+            "dimensional_collapse": any("dimensional_collapse" in r for r in lines)}
     done.write_text(json.dumps(info))
     return info
 
 
-def evaluate(method: str, seed: int, out: Path, data: Path, baselines: list[str]) -> dict:
+def evaluate(method: str, seed: int, out: Path, data: Path, baselines: list[str], name: str | None = None,
+             protocols=("knn", "linear", "semi")) -> dict:
     from clvr.methods import eval_config
     from clvr.methods.evaluate import Evaluation
-    report = out / "eval" / f"{method}-seed{seed}"
+    name = name or f"{method}-seed{seed}"
+    report = out / "eval" / name
     if (report / "done.json").is_file():
         return json.loads((report / "results.json").read_text())
     from clvr.methods.demo import DEMOS
@@ -119,10 +127,16 @@ def evaluate(method: str, seed: int, out: Path, data: Path, baselines: list[str]
     config = eval_config.build(overrides={"knn_k": [20], "fractions": [0.01, 0.1], "seed": seed,
                                           "finetune": demo["finetune"], "supervised": demo["supervised"],
                                           "baselines": baselines, "plots": False, "progress": False})
-    ev = Evaluation(out / "runs" / f"{method}-seed{seed}", data / "train", data / "val", report, config)
-    results = ev.run(["knn", "linear", "semi"])
+    ev = Evaluation(out / "runs" / name, data / "train", data / "val", report, config)
+    results = ev.run(list(protocols))
     (report / "done.json").write_text("{}")
     return results
+
+
+def scores_some(results: dict) -> dict:
+    """kNN and linear (100% labels) of the learned encoder, from a knn + linear evaluation."""
+    p = results["protocols"]
+    return {"kNN 100%": top1(p["knn"]["k20"].get("learned")), "linear 100%": top1(p["linear"]["logistic"].get("learned"))}
 
 
 def mean_std(values: list) -> str:
@@ -134,14 +148,91 @@ def mean_std(values: list) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def table(rows: dict, minutes: dict, seeds: list[int]) -> str:
-    head = ["", *(c for c, _, _ in COLUMNS), "pre-training (min)"]
+def table(rows: dict, minutes: dict, seeds: list[int], ranks: dict | None = None) -> str:
+    """The main table; with ``ranks`` (method -> [(encoder rank, head rank) per seed]) a column of
+    the effective ranks at the end of pre-training."""
+    head = ["", *(c for c, _, _ in COLUMNS), "pre-training (min)"] + (["effective rank (encoder / head)"]
+                                                                    if ranks is not None else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, per_seed in rows.items():
         cells = [mean_std([s[c] for s in per_seed]) for c, _, _ in COLUMNS]
         m = minutes.get(name)
-        lines.append("| " + " | ".join([name, *cells, mean_std(m) if m else "–"]) + " |")
+        row = [name, *cells, mean_std(m) if m else "–"]
+        if ranks is not None:
+            r = ranks.get(name)
+            row.append(f"{mean_std([x[0] for x in r])} / {mean_std([x[1] for x in r])}" if r else "–")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def budget_table(own: dict, same: dict, steps: dict, same_steps: int) -> str:
+    """Each method at its own preset budget and at SimCLR's number of optimiser steps:
+    ``own``/``same``: method -> [scores per seed] (``same`` lacks methods whose preset already
+    has SimCLR's steps: their own runs are the same-budget runs)."""
+    head = ["", "own budget (steps)", "kNN 100%", "linear 100%", f"same budget ({same_steps:,} steps): kNN 100%",
+            "linear 100%"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, per_seed in own.items():
+        other = same.get(name, per_seed if steps.get(name) == same_steps else None)
+        cells = [f"{steps.get(name, 0):,}", *(mean_std([x[c] for x in per_seed]) for c in ("kNN 100%", "linear 100%"))]
+        cells += [mean_std([x[c] for x in other]) if other else "–" for c in ("kNN 100%", "linear 100%")]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
+#: issue 22's figures: kNN and linear (100% labels) every seed method must reach; CPC's are lower
+GOALS = {"cpc_v2": (80.0, 85.0), "cpc_v1": (80.0, 85.0)}
+GOAL = (85.0, 88.0)
+#: SimCLR's figures before issue 22 (kNN, linear), which must not get worse
+SIMCLR_BEFORE = (92.5, 93.8)
+
+
+def checks_methods(rows: dict, methods: list[str], minutes: dict | None = None) -> list[str]:
+    """Issue 22's figures, PASS or FAIL with the measured values: every method's kNN and linear
+    at 100% labels, BYOL's and MoCo v2's distance from SimCLR, the seed std, the pre-training
+    time, SimCLR against its figures before, and every method's 1%-label margin over
+    supervised training from scratch (20 points; SimCLR's 30)."""
+    def values(name, column):
+        return [s[column] for s in rows[name] if s[column] is not None]
+
+    def mean(name, column):
+        v = values(name, column)
+        return statistics.mean(v) if v else math.nan
+
+    out = []
+    for m in methods:
+        knn_goal, lin_goal = GOALS.get(m, GOAL)
+        knn, lin = mean(m, "kNN 100%"), mean(m, "linear 100%")
+        ok = knn >= knn_goal and lin >= lin_goal
+        out.append(f"{'PASS' if ok else 'FAIL'}  {m}: kNN {knn:.1f}, linear {lin:.1f} "
+                   f"(goal >= {knn_goal:g} / {lin_goal:g})")
+        stds = {c: statistics.stdev(values(m, c)) for c in ("kNN 100%", "linear 100%") if len(values(m, c)) > 1}
+        if stds:
+            worst = max(stds.values())
+            out.append(f"{'PASS' if worst <= 3 else 'FAIL'}  {m}: seed std " +
+                       ", ".join(f"{c} {v:.1f}" for c, v in stds.items()) + " (goal <= 3)")
+        if minutes and minutes.get(m):
+            slowest = max(minutes[m])
+            out.append(f"{'PASS' if slowest <= 10 else 'FAIL'}  {m}: pre-training, slowest seed = {slowest:.1f} min "
+                       "(goal <= 10)")
+    if "simclr" in rows:
+        for m in ("byol", "moco_v2"):
+            if m in methods:
+                gaps = {c: mean("simclr", c) - mean(m, c) for c in ("kNN 100%", "linear 100%")}
+                out.append(f"{'PASS' if max(gaps.values()) <= 5 else 'FAIL'}  {m} within 5 points of SimCLR: " +
+                           ", ".join(f"{c} {-g:+.1f}" for c, g in gaps.items()))
+        knn, lin = mean("simclr", "kNN 100%"), mean("simclr", "linear 100%")
+        ok = knn >= SIMCLR_BEFORE[0] and lin >= SIMCLR_BEFORE[1]
+        out.append(f"{'PASS' if ok else 'FAIL'}  SimCLR no worse than before: kNN {knn:.1f}, linear {lin:.1f} "
+                   f"(before: {SIMCLR_BEFORE[0]} / {SIMCLR_BEFORE[1]})")
+    if NAMES["supervised"] in rows:
+        sup = mean(NAMES["supervised"], "fine-tune 1%")
+        for m in methods:
+            best = max(mean(m, "linear 1%"), mean(m, "fine-tune 1%"))
+            goal = 30 if m == "simclr" else 20
+            out.append(f"{'PASS' if best - sup >= goal else 'FAIL'}  {m} with 1% of the labels: {best:.1f} vs "
+                       f"supervised from scratch {sup:.1f}: {best - sup:+.1f} (goal >= +{goal})")
+    return out
 
 
 def checks(rows: dict, methods: list[str], minutes: dict | None = None) -> list[str]:
@@ -208,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: small_images' own)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "method_quality")
+    ap.add_argument("--no-same-budget", action="store_true",
+                    help="skip the runs at SimCLR's number of steps (PIRL's and CPC's presets take fewer)")
     args = ap.parse_args(argv)
 
     import yaml
@@ -226,6 +319,7 @@ def main(argv=None) -> int:
     rows: dict = {m: [] for m in args.methods}
     rows.update({NAMES[b]: [] for b in BASELINES})
     minutes: dict = {m: [] for m in args.methods}
+    ranks: dict = {m: [] for m in args.methods}
     runs: dict = {}
     start = time.perf_counter()
     for seed in args.seeds:
@@ -235,6 +329,7 @@ def main(argv=None) -> int:
             results = evaluate(method, seed, out, data, BASELINES if i == 0 else [])
             rows[method].append(scores(results, "learned"))
             minutes[method].append(info["seconds"] / 60)
+            ranks[method].append((info.get("rank_backbone"), info.get("rank_head")))
             if i == 0:
                 for b in BASELINES:
                     rows[NAMES[b]].append(scores(results, b))
@@ -242,18 +337,44 @@ def main(argv=None) -> int:
                 + f" ({info['seconds'] / 60:.1f} min, lowest feature spread {info['min_feature_spread']:.3f}); "
                 f"{(time.perf_counter() - start) / 60:.0f} min so far")
 
+    # the same budget: every method with SimCLR's number of optimiser steps (its epochs: every
+    # method reads batches of 64 of the same images), kNN and linear only
+    from clvr.methods.small_images import train_settings
+    budget_epochs = args.epochs or train_settings("simclr")["epochs"]
+    own_steps = {m: runs[f"{m}-seed{args.seeds[0]}"]["steps"] for m in args.methods}
+    first = args.methods[0]
+    same_steps = own_steps[first] // (args.epochs or train_settings(first)["epochs"]) * budget_epochs
+    same: dict = {}
+    if not args.no_same_budget:
+        for seed in args.seeds:
+            for method in args.methods:
+                if own_steps[method] == same_steps:
+                    continue
+                name = f"{method}-seed{seed}-budget"
+                pretrain(method, seed, out, data, recipe, budget_epochs, name=name)
+                results = evaluate(method, seed, out, data, [], name=name, protocols=("knn", "linear"))
+                same.setdefault(method, []).append(scores_some(results))
+                log(f"{method}, seed {seed}, SimCLR's budget: kNN {same[method][-1]['kNN 100%']:.1f}, linear "
+                    f"{same[method][-1]['linear 100%']:.1f}")
+
     import torch
     steps = ", ".join(f"{m} {runs[f'{m}-seed{args.seeds[0]}']['steps']}" for m in args.methods)
     title = (f"digits (1,438 train / 359 val), ResNet-18 width 16 at 16 px, batch 64, pre-training steps: "
              f"{steps}; top-1 %, mean ± std over seeds {', '.join(map(str, args.seeds))}; "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    text = table(rows, minutes, args.seeds)
-    verdicts = checks(rows, args.methods, minutes)
+    text = table(rows, minutes, args.seeds, ranks)
+    verdicts = checks(rows, args.methods, minutes) + checks_methods(rows, args.methods, minutes)
     spread = ", ".join(f"{k} {v['min_feature_spread']:.3f}" for k, v in runs.items())
-    report = f"{title}\n\n{text}\n\n" + "\n".join(verdicts) + f"\n\nlowest feature spread of each run: {spread}\n"
+    flagged = [k for k, v in runs.items() if v.get("dimensional_collapse")]
+    budget = budget_table({m: rows[m] for m in args.methods}, same, own_steps, same_steps)
+    report = (f"{title}\n\n{text}\n\n" + "\n".join(verdicts) +
+              f"\n\nThe same budget: each method at its preset's steps and at SimCLR's ({same_steps:,} steps)\n\n"
+              f"{budget}\n\nlowest feature spread of each run: {spread}\n"
+              f"runs flagged for dimensional collapse: {', '.join(flagged) or 'none'}\n")
     print(report)
     (out / "table.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "minutes": minutes, "runs": runs,
+    (out / "results.json").write_text(json.dumps({"rows": rows, "minutes": minutes, "runs": runs, "ranks": ranks,
+                                                  "same_budget": same, "same_steps": same_steps,
                                                   "seeds": args.seeds, "checks": verdicts}, indent=1))
     figure(rows, out / "method_quality.png")
     log(f"wrote {out / 'table.md'}, results.json and method_quality.png")

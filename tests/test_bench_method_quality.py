@@ -83,3 +83,41 @@ def test_the_checks_say_pass_or_fail_with_the_numbers(bench):
     assert [v[:4] for v in verdicts] == ["FAIL"] * 5
     assert "linear 1% 25.0 vs raw pixels 50.0" in verdicts[3]
     assert "25.0 (best of linear and fine-tune) vs supervised from scratch 13.0: +12.0 (goal >= +30)" in verdicts[4]
+
+
+def test_issue_22_checks_every_method_and_the_gaps_to_simclr(bench):
+    base = {bench.NAMES[b]: [bench.scores(fake_results(0.9), b)] * 2 for b in bench.BASELINES}
+    rows = {"simclr": [bench.scores(fake_results(v), "learned") for v in (0.93, 0.95)],
+            "byol": [bench.scores(fake_results(v), "learned") for v in (0.86, 0.87)],
+            "cpc_v2": [bench.scores(fake_results(v), "learned") for v in (0.81, 0.82)],
+            "pirl": [bench.scores(fake_results(v), "learned") for v in (0.80, 0.90)]}
+    verdicts = bench.checks_methods({**rows, **base}, ["simclr", "byol", "cpc_v2", "pirl"],
+                                    {"simclr": [2.5, 2.6], "byol": [4.0, 11.0], "cpc_v2": [3.0, 3.0], "pirl": [2, 2]})
+    by = {v: v[:4] for v in verdicts}
+    line = lambda text: next(v for v in verdicts if text in v)     # noqa: E731
+    assert line("simclr: kNN 94.0, linear 96.0").startswith("PASS")
+    assert line("byol: kNN 86.5, linear 88.5 (goal >= 85 / 88)").startswith("PASS")
+    assert line("cpc_v2: kNN 81.5, linear 83.5 (goal >= 80 / 85)").startswith("FAIL")     # CPC's own, lower goal
+    assert line("pirl: seed std").startswith("FAIL") and "kNN 100% 7.1" in line("pirl: seed std")
+    assert line("byol: pre-training, slowest seed = 11.0 min").startswith("FAIL")
+    assert line("byol within 5 points of SimCLR").startswith("FAIL") and "kNN 100% -7.5" in line("byol within 5")
+    assert line("SimCLR no worse than before").startswith("PASS")
+    # 1% labels: linear 1% of byol is 66.5 against 13.0 from scratch: +53.5 >= 20
+    assert line("byol with 1% of the labels").startswith("PASS") and "(goal >= +20)" in line("byol with 1%")
+    assert "(goal >= +30)" in line("simclr with 1% of the labels")
+    assert set(by.values()) <= {"PASS", "FAIL"}
+
+
+def test_the_rank_column_and_the_same_budget_table(bench):
+    rows = {"simclr": [bench.scores(fake_results(0.9), "learned")] * 2,
+            "pirl": [bench.scores(fake_results(0.8), "learned")] * 2}
+    text = bench.table(rows, {"simclr": [2.0, 2.0]}, [0, 1], {"simclr": [(60.0, 40.0), (62.0, 42.0)], "pirl": []})
+    lines = text.splitlines()
+    assert lines[0].endswith("| pre-training (min) | effective rank (encoder / head) |")
+    assert lines[2].endswith("| 61.0 ± 1.4 / 41.0 ± 1.4 |") and lines[3].endswith("| – |")
+    same = {"pirl": [{"kNN 100%": 85.0, "linear 100%": 88.0}, {"kNN 100%": 87.0, "linear 100%": 90.0}]}
+    table = bench.budget_table(rows, same, {"simclr": 1320, "pirl": 660}, 1320).splitlines()
+    assert table[0] == ("|  | own budget (steps) | kNN 100% | linear 100% | same budget (1,320 steps): kNN 100% "
+                        "| linear 100% |")
+    assert table[2] == "| simclr | 1,320 | 90.0 ± 0.0 | 92.0 ± 0.0 | 90.0 ± 0.0 | 92.0 ± 0.0 |"   # its own runs
+    assert table[3] == "| pirl | 660 | 80.0 ± 0.0 | 82.0 ± 0.0 | 86.0 ± 1.4 | 89.0 ± 1.4 |"
