@@ -450,6 +450,14 @@ class Evaluation:
                            "(-1) and are left out")
         for desc, n in (self.results.get("finetune_unlabelled_rows") or {}).items():
             out.append(f"{desc}: {n} rows without a label (-1) were left out of the loss")
+        rep = self.results.get("representation") or {}
+        if rep.get("learned"):
+            r = rep["learned"]
+            others = ", ".join(f"{k.replace('_', ' ')} {v['effective_rank']:.1f}" for k, v in rep.items() if k != "learned")
+            out.append(f"representation: the learned val features' effective rank is {r['effective_rank']:.1f} of at "
+                       f"most {r['most']}" + (f" ({others})" if others else "") + f", spread {r['feature_spread']:.2f}"
+                       + (": DIMENSIONAL COLLAPSE, the features live in a few directions (see clvr.methods.collapse)"
+                          if r.get("dimensional_collapse") else ""))
         skipped = self.results.get("skipped_samples") or []
         if skipped:
             by_set: dict[str, int] = {}
@@ -727,4 +735,29 @@ class Evaluation:
                     and "100%" not in self.results["supervised_from_scratch"]:
                 self.supervised_from_scratch(1.0)
             write_results(self)
+        if "val" in self.sets and any(name in ("knn", "linear", "svm", "semi") for name in todo):
+            self.results["representation"] = self.representation()
+            write_results(self)
         return self.results
+
+    def representation(self) -> dict:
+        """The effective rank and spread (:mod:`.collapse`) of the val features of the learned
+        encoder and of the network baselines already extracted: whether the representation uses
+        its dimensions, beside how well it classifies. Below ``collapse_rank`` of ``min(N, D)``
+        the learned features are named a dimensional collapse in the report's notes."""
+        from .collapse import DEFAULT_RANK_FRACTION, effective_rank, feature_spread
+        out = {}
+        for which in self.which(networks_only=True):
+            cached = [v for (w, key, _), v in self.features_cache.items() if w == which and key == "val"]
+            if which != "learned" and not cached:
+                continue
+            f = cached[0][0] if cached else self.features(which, "val")[0]
+            if len(f) < 2:
+                continue
+            rank = effective_rank(f)
+            out[which] = {"effective_rank": round(rank, 2), "most": int(min(f.shape[0], f.flatten(1).shape[1])),
+                          "feature_spread": round(feature_spread(f), 4)}
+        learned = out.get("learned")
+        if learned is not None:
+            learned["dimensional_collapse"] = learned["effective_rank"] < DEFAULT_RANK_FRACTION * learned["most"]
+        return out

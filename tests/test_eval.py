@@ -133,6 +133,28 @@ def test_knn_numbers_are_the_formula_on_the_cached_features(report):
             assert math.isclose(r["protocols"]["knn"][f"k{k}"][which]["top1"], top1, abs_tol=1e-9), (which, k)
 
 
+def test_the_report_gives_the_effective_rank_of_each_encoders_val_features(report):
+    """Issue 22: beside the scores, whether the representation uses its dimensions (a float64
+    reference of the effective rank on the cached val features), in results.json and the notes."""
+    import numpy as np
+    _, out, _ = report
+    r = results(report)
+    cached = {tuple(p.name.split("-")[1:3]): p for p in (out / "cache").glob("features-*")}
+    rep = r["representation"]
+    assert set(rep) == {"learned", "random_init", "supervised"}
+    for which, entry in rep.items():
+        f = torch.load(cached[(which, "val")], weights_only=True)[0].double().numpy()
+        sv = np.linalg.svd(f - f.mean(0), compute_uv=False)
+        p = sv / sv.sum()
+        p = p[p > 0]
+        assert math.isclose(entry["effective_rank"], float(np.exp(-(p * np.log(p)).sum())), abs_tol=0.01), which
+        assert entry["most"] == min(f.shape)
+    assert isinstance(rep["learned"]["dimensional_collapse"], bool)
+    note = next(n for n in r["notes"] if n.startswith("representation:"))
+    assert f"effective rank is {rep['learned']['effective_rank']:.1f} of at most {rep['learned']['most']}" in note
+    assert "random init" in note
+
+
 def test_logistic_and_svm_are_sklearn_on_the_standardised_features(report):
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
