@@ -52,12 +52,18 @@ class BYOL(Method):
         # each view through BatchNorm on its own, as the reference code runs them: with both views
         # in one batch, the statistics a view is normalised by carry the other view's content
         per_view_bn: bool = True
+        # the predictor's lr as a multiple of optim.lr (1 in the paper; a faster predictor, as in
+        # DirectPred and SimSiam's fixed-lr predictor, follows the changing targets)
+        predictor_lr: float = 1.0
 
     @classmethod
     def check_config(cls, config) -> None:
         super().check_config(config)
         if not 0.0 <= config.base_momentum <= 1.0:
             raise MethodError(f"method {cls.name!r}: base_momentum must be in [0, 1], got {config.base_momentum}")
+        if not config.predictor_lr > 0:
+            raise MethodError(f"method {cls.name!r}: predictor_lr = {config.predictor_lr} must be positive "
+                              "(a multiple of optim.lr)")
 
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
@@ -75,6 +81,9 @@ class BYOL(Method):
         loss = torch.stack([byol(p[i], p[j], z[i], z[j]) for i, j in pairs(len(views))]).mean()
         logs = mean_logs([byol_logs(p[i], z[j]) for i, j in pairs(len(views), ordered=True)])
         return MethodOutput(loss, logs)
+
+    def lr_scales(self) -> dict:
+        return {self.predictor: self.config.predictor_lr}
 
     def after_step(self, step: int, total_steps: int) -> dict:
         m = byol_momentum(step, total_steps, self.config.base_momentum)

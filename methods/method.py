@@ -190,6 +190,11 @@ class Method(nn.Module):
         online = self._modules.get("online")
         return online.backbone if online is not None else self.backbone
 
+    def lr_scales(self) -> dict:
+        """Modules whose parameters learn at a multiple of ``optim.lr`` ({module: factor}); none
+        by default (BYOL's ``predictor_lr``)."""
+        return {}
+
     @property
     def projection_head(self) -> nn.Module | None:
         """The head whose output the loss compares (the collapse monitor measures its effective

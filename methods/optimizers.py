@@ -100,14 +100,19 @@ def _check_lars_options(lr, momentum, weight_decay, eta, nesterov) -> None:
         raise ValueError("LARS nesterov=True needs momentum > 0, got momentum 0")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_and_bias: bool) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_and_bias: bool,
+                     lr_scales: dict | None = None, lr: float | None = None) -> list[dict]:
     """The trainable parameters of ``model`` as optimiser groups.
 
     With ``exclude_bn_and_bias``: ``[{"params": weights, "weight_decay": weight_decay},
     {"params": rest, "weight_decay": 0.0, "lars_exclude": True}]``, where "rest" is every
     parameter with ``ndim <= 1``: the gains and shifts of BatchNorm, LayerNorm and GroupNorm, every
     bias, and scalars such as a learnable temperature. Otherwise one group with ``weight_decay``.
-    Parameters with ``requires_grad=False`` are left out; empty groups are dropped."""
+    Parameters with ``requires_grad=False`` are left out; empty groups are dropped.
+
+    ``lr_scales`` maps modules of ``model`` to a multiple of ``lr`` for their parameters (BYOL's
+    predictor may learn faster than the rest); each group is then split by scale, the scaled
+    groups carrying their own ``lr`` (a scheduler multiplies every group's lr alike)."""
     if not weight_decay >= 0.0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,6 +122,23 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_and_bias:
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0,
                    "lars_exclude": True}]
+    scale = {}
+    for module, factor in (lr_scales or {}).items():
+        if not factor > 0:
+            raise ValueError(f"an lr scale must be positive, got {factor}")
+        if factor != 1.0:
+            if lr is None:
+                raise ValueError("lr_scales needs the base lr")
+            scale.update({id(p): float(factor) for p in module.parameters()})
+    if scale:
+        split = []
+        for g in groups:
+            for factor in sorted({scale.get(id(p), 1.0) for p in g["params"]}):
+                part = {**g, "params": [p for p in g["params"] if scale.get(id(p), 1.0) == factor]}
+                if factor != 1.0:
+                    part["lr"] = lr * factor
+                split.append(part)
+        groups = split
     return [g for g in groups if g["params"]]
 
 
@@ -146,7 +168,7 @@ OPTIMIZERS = ("sgd", "adamw", "lars")
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
                     momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999),
                     eps: float = 1e-8, eta: float = 0.001,
-                    exclude_bn_and_bias: bool | None = None) -> torch.optim.Optimizer:
+                    exclude_bn_and_bias: bool | None = None, lr_scales: dict | None = None) -> torch.optim.Optimizer:
     """``sgd`` (torch SGD: ``momentum``, ``nesterov``), ``adamw`` (torch AdamW: ``betas``,
     ``eps``) or ``lars`` (:class:`LARS`: ``momentum``, ``nesterov``, ``eta``) over the trainable
     parameters of ``model``, grouped by :func:`parameter_groups`. ``exclude_bn_and_bias``
@@ -158,7 +180,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}{hint}")
     if exclude_bn_and_bias is None:
         exclude_bn_and_bias = name == "lars"
-    groups = parameter_groups(model, weight_decay, exclude_bn_and_bias)
+    groups = parameter_groups(model, weight_decay, exclude_bn_and_bias, lr_scales, lr)
     if not groups:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
     if name == "sgd":

@@ -212,7 +212,8 @@ class Trainer:
         o = config.optim
         self.peak_lr = scaled_lr(o.lr, self.global_batch, o.lr_scaling)
         optimizer = build_optimizer(o.name, self.method, self.peak_lr, o.weight_decay, momentum=o.momentum,
-                                    nesterov=o.nesterov, betas=o.betas, eta=o.eta)
+                                    nesterov=o.nesterov, betas=o.betas, eta=o.eta,
+                                    lr_scales=self.method.lr_scales())
         s = config.schedule
         k = config.grad_accum              # the schedule counts optimiser steps
         updates = max(self.total_steps // k, 1)

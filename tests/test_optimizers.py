@@ -264,3 +264,33 @@ def test_build_optimizer_unknown_name_suggests_the_nearest(typo, near):
         build_optimizer(typo, conv_model(), 0.1, 0.0)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer("sgd", nn.Linear(2, 2).requires_grad_(False), 0.1, 0.0)
+
+
+def test_lr_scales_give_a_module_its_own_multiple_of_the_lr_through_the_schedule():
+    """BYOL's predictor_lr: the predictor's groups carry lr x factor, split from the rest of their
+    weight-decay group; a LambdaLR then scales every group alike."""
+    from clvr.methods.optimizers import build_optimizer
+    torch.manual_seed(0)
+    body, pred = nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    model = nn.Sequential(body, pred)
+    for name in ("sgd", "lars"):
+        opt = build_optimizer(name, model, 0.1, 1e-4, lr_scales={pred: 10.0})
+        by_lr = {}
+        for g in opt.param_groups:
+            for p in g["params"]:
+                by_lr[id(p)] = g["lr"]
+        assert all(by_lr[id(p)] == pytest.approx(1.0) for p in pred.parameters())
+        assert all(by_lr[id(p)] == pytest.approx(0.1) for p in body.parameters())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+        sched.step()
+        assert sorted({round(g["lr"], 9) for g in opt.param_groups}) == [0.05, 0.5]
+    # the step itself: SGD without momentum moves the predictor 10x as far for the same gradient
+    opt = build_optimizer("sgd", model, 0.1, 0.0, momentum=0.0, lr_scales={pred: 10.0})
+    before = [p.detach().clone() for p in (body.weight, pred[0].weight)]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert torch.allclose(before[0] - body.weight, torch.full_like(body.weight, 0.1))
+    assert torch.allclose(before[1] - pred[0].weight, torch.full_like(pred[0].weight, 1.0))
+    with pytest.raises(ValueError, match="must be positive"):
+        build_optimizer("sgd", model, 0.1, 0.0, lr_scales={pred: 0.0})
