@@ -172,6 +172,9 @@ def build_parser(sub) -> None:
                         "field of the .json members (json:label, json:class_name), or none (default: the first "
                         "of cls, cls2, label, class, target, then json:label/cls/class/class_id/.../class_name/"
                         "category)")
+    p.add_argument("--recipe", type=Path, default=None, metavar="FILE",
+                   help="a view recipe (YAML) that learns on this data, recorded in the manifest: clvr train "
+                        "uses it by default (preset=auto) and says so in its plan")
     p.add_argument("--classes-from", type=Path, default=None, metavar="DIR",
                    help="number the classes as this other shard set does (index a val set with its train set's "
                         "classes)")
@@ -377,7 +380,7 @@ def cmd_index(args) -> int:
     from .foreign import index_foreign
     result = index_foreign(args.src if len(args.src) > 1 else args.src[0], args.out, progress=args.progress,
                            command=["clvr", *getattr(args, "argv", [])], label_key=args.label_key,
-                           classes_from=args.classes_from)
+                           classes_from=args.classes_from, recommended=_recommendation(args))
     print(result.summary())
     return 0
 

@@ -310,7 +310,7 @@ def read_samples_file(path) -> dict:
 
 
 def index_foreign(src, out=None, progress: bool = True, command: list | None = None,
-                  label_key: str | None = None, classes_from=None) -> IndexResult:
+                  label_key: str | None = None, classes_from=None, recommended: dict | None = None) -> IndexResult:
     """Write DALI index files, side files and a manifest for foreign WebDataset tars (see the
     module doc)."""
     tars = find_tars(src)
@@ -433,6 +433,9 @@ def index_foreign(src, out=None, progress: bool = True, command: list | None = N
         "index_from": "order",
         "command": list(command or []), "seed": None,
     }
+    if recommended is not None:
+        from .recommended import KEY
+        manifest[KEY] = recommended
     from clvr import __version__
     manifest["clvr_version"] = __version__
     write_json_atomic(out / MANIFEST_NAME, manifest)

@@ -130,3 +130,27 @@ def test_data_recipe_recommended_on_a_set_without_one_is_an_error_naming_it(clvr
              "--set", "data.recipe=recommended")
     assert r.code != 0 and "has no recommended recipe in its manifest" in r.err and "--recipe FILE" in r.err
     assert "Traceback" not in r.err
+
+
+def test_foreign_shards_can_carry_a_recipe_too(clvr, tmp_path):
+    """clvr shard index (tars written by other tools) records --recipe, and train uses it."""
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+    src = tmp_path / "foreign"
+    src.mkdir()
+    with wds.ShardWriter(str(src / "part-%03d.tar"), maxcount=20, verbose=0) as sink:
+        for i in range(24):
+            buf = io.BytesIO()
+            Image.new("RGB", (20, 20), (10 * i, 255 - 10 * i, 40)).save(buf, format="PNG")
+            sink.write({"__key__": f"sample{i:03d}", "png": buf.getvalue(), "cls": str(i % 3).encode()})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"base": "simclr-cifar", "size": 16, "flip": {"p": 0.0}}))
+    r = clvr("shard", "index", src, "--recipe", recipe, "--no-progress")
+    assert r.code == 0, r.err
+    rec = json.loads((src / "manifest.json").read_text())["recommended"]
+    assert rec["recipe"]["size"] == 16 and rec["source"] == f"--recipe {recipe}"
+    r = clvr("train", "--method", "simclr", "--data", src, "--out", tmp_path / "run", *TINY)
+    assert r.code == 0, r.err
+    assert "views: the shard set's recommended recipe" in r.err and "16 px views (recipe recommended)" in r.err
