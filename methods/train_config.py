@@ -344,6 +344,37 @@ def data_recommendation(data):
         return None, str(e)
 
 
+def _sized_queue(config, data) -> int | None:
+    """A MoCo queue sized to the data (:func:`.small_images.queue_for`), for the global batch of
+    this run (``WORLD_SIZE`` processes, as the launcher sets it), or None without a manifest."""
+    import os
+
+    from .small_images import queue_for
+    samples = _manifest_samples(data)
+    if not samples:
+        return None
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    views = int(config.data.view_options.get("views", 2))
+    key_views = views if config.model.get("symmetric") else max(views - 1, 1)
+    return queue_for(samples, config.data.batch_size * world * key_views)
+
+
+def _manifest_samples(data) -> int | None:
+    from ..shards.errors import ShardError
+    from ..shards.manifest import shard_sets
+    from ..pipeline.source import is_remote
+    if is_remote(str(data)):
+        return None
+    try:
+        sets = shard_sets(Path(data))
+    except ShardError:
+        return None
+    if len(sets) != 1:
+        return None
+    samples = (next(iter(sets.values()))[1].get("totals") or {}).get("samples")
+    return int(samples) if isinstance(samples, int) and samples > 0 else None
+
+
 def small_view_side(sizes) -> int:
     """The views' side for small images: the median image's bucket, within 16 to 64 px."""
     return int(min(64, max(16, sizes.median_side)))
@@ -380,8 +411,12 @@ def build_for_data(method: str | None, config_file, sets, data, overrides: dict 
             return config, paper + said
     from .small_images import recipe_settings, train_settings
     side = small_view_side(sizes) if sizes is not None else 32
+    chosen_queue = "queue" in config.model
     base = _merge(train_settings(config.method), recipe or recipe_settings(side))
     config = build(method, config_file, sets, overrides, base=base)
+    sized = _sized_queue(config, data) if "queue" in base.get("model", {}) and not chosen_queue else None
+    if sized is not None and sized != config.model.get("queue"):
+        config = build(method, config_file, sets, overrides, base=_merge(base, {"model": {"queue": sized}}))
     why = (f"the images are small ({sizes.describe()})" if sizes is not None and config.preset == "auto"
            else "preset = small")
     views = said or f", {side} px views"

@@ -34,3 +34,23 @@ def test_the_settings_are_copies():
     first["model"]["width"] = 1
     again = train_settings("simclr")
     assert again["optim"]["lr"] == COMMON["optim"]["lr"] and again["model"]["width"] == 16
+
+
+def test_the_moco_queue_is_sized_to_the_data_in_whole_steps(tmp_path):
+    """Issue 22: a queue of 1,024 keys on 1,438 images held most of the data set; the small-image
+    queue is 18% of the training images, a whole number of steps of keys, at least one."""
+    from clvr.methods import train_config as tcfg
+    from clvr.methods.small_images import QUEUE_SHARE, queue_for
+    from conftest import make_demo
+    assert QUEUE_SHARE == 0.18
+    assert queue_for(1438, 128) == 256 and queue_for(1438, 64) == 256 and queue_for(50000, 512) == 9216
+    assert queue_for(40, 128) == 128                                     # never less than one step
+    with pytest.raises(ValueError):
+        queue_for(0, 128)
+    data = make_demo(tmp_path / "d", limit=400) / "train"                  # 320 training images
+    config, _ = tcfg.build_for_data("moco_v2", None, ["data.batch_size=8"], data)
+    assert config.model["queue"] == round(0.18 * 320 / 16) * 16 == 64    # symmetric: 16 keys a step
+    config, _ = tcfg.build_for_data("moco_v1", None, ["data.batch_size=8"], data)
+    assert config.model["queue"] == 56                                    # 8 keys a step: 7 steps
+    config, _ = tcfg.build_for_data("moco_v2", None, ["data.batch_size=8", "model.queue=96"], data)
+    assert config.model["queue"] == 96                                    # the user's choice stays
