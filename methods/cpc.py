@@ -11,8 +11,9 @@ context, and predicting it is copying, not understanding); training refuses a gr
 predicted row would still overlap.
 
 Evaluation reads the representation CPC's way: the image is resized to the grid's side, cut into
-the same grid, and the patches' features are averaged (:class:`PatchGridPool`, written into the
-exported encoder's sidecar), not the whole small image the backbone never saw in training.
+the same grid, and the features of the patches are the representation (:class:`PatchGridPool`,
+the grid of L2-normalised patch features, written into the exported encoder's sidecar), not the
+whole small image the backbone never saw in training.
 
 v1: one direction (top to bottom), no normalisation in the backbone (the paper used none), a
 random crop and no colour augmentation. v2: LayerNorm instead of BatchNorm (batch statistics
@@ -44,6 +45,7 @@ def grid_options(view_options: dict | None) -> dict:
     """side, grid, patch and stride of the ``cpc_grid`` view: its defaults under ``view_options``."""
     defaults = CpcGrid.Options()
     return {k: int((view_options or {}).get(k, getattr(defaults, k))) for k in OPTIONS}
+
 
 
 @register_method("cpc_v1")
@@ -94,8 +96,8 @@ class CPCv1(Method):
 
     @classmethod
     def evaluation_grid(cls, view_options: dict | None) -> dict | None:
-        """CPC is evaluated on the mean of its patch grid's features (see the module docstring)."""
-        return grid_options({**cls.view_options, **(view_options or {})})
+        """CPC is evaluated on its patch grid's features (see the module docstring)."""
+        return {**grid_options({**cls.view_options, **(view_options or {})}), "pool": "grid"}
 
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)

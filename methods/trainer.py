@@ -437,6 +437,8 @@ class Trainer:
             rng = [rng]
         encoder = self.method.encoder
         prefix = next(name for name, module in self.method.named_modules() if module is encoder) + "."
+        # what evaluation reads: the encoder, or (CPC) the features of its patch grid
+        evaluated = PatchGridPool(encoder, **self.evaluation_grid) if self.evaluation_grid else encoder
         kind = self.method.input_kind
         return {"step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "position": self.step % self.steps_per_epoch, "method": self.method_cls.name,
@@ -449,7 +451,7 @@ class Trainer:
                 "encoder": {"prefix": prefix,
                             "architecture": {"kind": kind, "name": self.method.config.backbone,
                                              "options": self.method.backbone_options(),
-                                             "num_features": int(encoder.num_features),
+                                             "num_features": int(evaluated.num_features),
                                              **({"patch_grid": self.evaluation_grid}
                                                 if self.evaluation_grid else {})},
                             "input": {**_normalization(self.loader),
