@@ -38,7 +38,7 @@ import torch
 from .distributed import all_gather_cat
 from .encoder import Encoder
 from .errors import MethodError
-from .heads import linear_head
+from .heads import linear_head, mlp_head
 from .logs import contrast_logs
 from .losses import info_nce_from_logits, nce, nce_log_z
 from .memory_bank import MemoryBank
@@ -131,11 +131,22 @@ class InstDisc(MemoryBankMethod):
         bank_momentum: float = 0.5
         shared_negatives: bool = True
         loss: str = "nce"             # nce (the paper's) | softmax (the exact form NCE approximates)
+        head: str = "linear"          # linear (the paper's) | mlp_bn (SimCLR's: Linear-BN-ReLU-Linear)
+        hidden: int = 2048            # the mlp_bn head's hidden width
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config.head not in ("linear", "mlp_bn"):
+            raise MethodError(f"method {cls.name!r}: head = {config.head!r}; choose linear or mlp_bn")
 
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
+        c = self.config
         backbone = self.make_backbone()
-        self.online = Encoder(backbone, linear_head(backbone.num_features, self.config.dim), normalize=True)
+        projection = linear_head(backbone.num_features, c.dim) if c.head == "linear" else \
+            mlp_head(backbone.num_features, c.hidden, c.dim, batch_norm=True)
+        self.online = Encoder(backbone, projection, normalize=True)
         self.make_bank(self.config.dim)
         self.register_buffer("log_z_value", torch.tensor(math.nan))
 
