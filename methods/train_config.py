@@ -388,9 +388,9 @@ def build_for_data(method: str | None, config_file, sets, data, overrides: dict 
     config = build(method, config_file, sets, overrides)
     if config.preset == "paper":
         return config, "the paper's settings (preset = paper)"
-    # the shard set's own recipe, unless a recipe or a view size was chosen
+    # the shard set's own recipe, unless a recipe was chosen (a chosen data.size resizes it)
     found, manifest = data_recommendation(data)
-    chosen = bool(config.data.recipe or config.data.size)
+    chosen = bool(config.data.recipe)
     recipe = {"data": {"recipe": RECOMMENDED}} if found is not None and not chosen else None
     said = (f"; views: the shard set's recommended recipe ({manifest}: {found.get('source', 'no source given')})"
             if recipe else "")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_demo
+from conftest import edit_json, make_demo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -77,17 +77,31 @@ def test_a_size_summary_says_small_mixed_and_median():
 
 # -- settings that fit the data -------------------------------------------------------------
 
-def test_small_images_get_the_small_image_settings_and_the_plan_says_why(digits):
+def test_small_images_get_the_small_image_settings_and_the_plan_says_why(digits, tmp_path):
+    import shutil
+
     from clvr.methods import train_config as cfg
-    config, why = cfg.build_for_data("simclr", None, [], digits)
+    # a set without a recommended recipe: simclr-cifar at the images' size
+    plain = tmp_path / "plain"
+    shutil.copytree(digits, plain)
+    edit_json(plain / "manifest.json", lambda m: m.pop("recommended"))
+    config, why = cfg.build_for_data("simclr", None, [], plain)
     assert config.model["backbone"] == "resnet18" and config.model["stem"] == "cifar"
     assert config.data.recipe == "simclr-cifar" and config.data.size == 32 and config.data.batch_size == 64
     assert config.optim.name == "sgd" and config.epochs == 60
     assert why.startswith("small-image settings") and "32 px" in why and "manifest stats" in why
     assert "--set preset=paper" in why
     # the user's own settings still win over the chosen ones
-    config, _ = cfg.build_for_data("simclr", None, ["model.backbone=resnet50", "epochs=3"], digits)
+    config, _ = cfg.build_for_data("simclr", None, ["model.backbone=resnet50", "epochs=3"], plain)
     assert config.model["backbone"] == "resnet50" and config.epochs == 3 and config.data.size == 32
+    # the demo's set carries its recipe (issue 22): the same settings with the data's own views
+    config, why = cfg.build_for_data("simclr", None, [], digits)
+    assert config.data.recipe == "recommended" and config.data.size == 0 and config.epochs == 60
+    assert "views: the shard set's recommended recipe" in why and "clvr shard demo digits" in why
+    config, _ = cfg.build_for_data("simclr", None, ["data.size=24"], digits)
+    assert config.data.recipe == "recommended" and config.data.size == 24       # resized, still the data's
+    config, _ = cfg.build_for_data("simclr", None, ["data.recipe=simclr"], digits)
+    assert config.data.recipe == "simclr" and config.data.size == 32            # a chosen recipe wins
 
 
 def test_the_papers_settings_stay_one_set_away(digits):
@@ -106,6 +120,7 @@ def test_without_a_manifest_or_with_mixed_sizes_the_papers_settings_are_kept(dig
     shutil.copytree(digits, mixed)
     manifest = json.loads((mixed / "manifest.json").read_text())
     manifest["stats"] = {"image_side:32": 20, "image_side:512": 12}
+    manifest.pop("recommended")                 # the sizes alone decide here (the recipe: test above)
     (mixed / "manifest.json").write_text(json.dumps(manifest))
     config, why = cfg.build_for_data("simclr", None, [], mixed)
     assert config.optim.name == "lars"
@@ -130,10 +145,11 @@ def test_train_prints_the_plan_and_an_estimate_before_the_first_step(clvr, digit
     err = r.err
     plan = err[err.index("clvr train: plan"):]
     for field in ("method      simclr (two_view views: view0, view1)", "backbone    tiny",
-                  "images      32 px views (recipe simclr-cifar, data.size 32)",
+                  "images      16 px views (recipe recommended)",
                   "settings    small-image settings", "data        32 samples in",
                   "4 steps per epoch x 60 epochs = 6 steps", "batch       8 per process x 1 process = 8",
-                  "device      cpu,"):
+                  "device      cpu,", "views       a view's partner among 32 found by trivial features: colour",
+                  "monitor     none: without --val nothing will show whether this run learns"):
         assert field in plan, field
     assert err.index("building the DALI pipeline") < err.index("clvr train: plan")
     predicted = err.index("clvr train: estimate (")
