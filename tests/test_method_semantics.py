@@ -395,6 +395,27 @@ def test_instdisc_log_z_loss_and_bank_update():
     assert not close(log_z1, nce_log_z(neg2, t, n, keep2), 1e-6)   # re-estimating would differ
 
 
+def test_instdisc_and_moco_heads_with_batch_norm():
+    """Issue 22's small-image heads: InstDisc's mlp_bn (Linear-BN-ReLU-Linear, normalised output)
+    and MoCo's mlp_bn; unknown heads are refused by name."""
+    m = build("instdisc", **TINY_INSTDISC, head="mlp_bn", hidden=12, num_samples=64).train()
+    head = m.online.head
+    assert [type(x) for x in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert head[0].out_features == 12 and head[3].out_features == 8
+    x = torch.randn(4, 3, 16, 16, dtype=D64)
+    f = m.online(x)
+    assert close(f, F.normalize(head(m.online.backbone(x)), dim=1), 1e-12)
+    assert m.projection_head is head
+    with pytest.raises(MethodError, match="head = 'mlp'; choose linear or mlp_bn"):
+        build("instdisc", **TINY_INSTDISC, head="mlp", num_samples=64)
+    moco = build("moco_v2", backbone="tiny", hidden=16, dim=8, queue=16, head="mlp_bn")
+    assert any(isinstance(x, nn.BatchNorm1d) for x in moco.online.head.modules())
+    assert not any(isinstance(x, nn.BatchNorm1d) for x in build("moco_v2", backbone="tiny", hidden=16, dim=8,
+                                                                   queue=16).online.head.modules())
+    with pytest.raises(MethodError, match="choose linear, mlp or mlp_bn"):
+        build("moco_v2", backbone="tiny", queue=16, head="bn")
+
+
 def test_instdisc_bank_momentum_weights_the_old_entry():
     m = build("instdisc", **TINY_INSTDISC, num_samples=16, bank_momentum=0.8).train()
     batch = one_view(two_view_batch(b=4, index=[1, 2, 3, 4]))
