@@ -1,7 +1,7 @@
 """PIRL (Misra & van der Maaten, 2020): the representation of an image and of its jigsaw-shuffled
 patches should both match the image's memory-bank entry.
 
-Image branch: ResNet + linear head -> f (128-d). Jigsaw branch: the same ResNet on each of the 9
+Image branch: ResNet + linear head (``head = mlp_bn``: an MLP with BatchNorm) -> f (128-d). Jigsaw branch: the same ResNet on each of the 9
 patches, a linear head per patch (128-d), the 9 concatenated in their shuffled order (1152-d) and a
 linear map to g (128-d). Both are L2-normalised. With the bank entry m of each image and noise
 entries drawn from the bank (32000; each term draws its own, as VISSL does, and never the
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import MethodError
+from .heads import mlp_head
 from .instdisc import MemoryBankMethod
 from .method import Method, MethodOutput
 from .registry import register_method
@@ -44,10 +45,14 @@ class PIRL(MemoryBankMethod):
         shared_negatives: bool = True
         jigsaw_weight: float = 0.5      # lambda
         loss: str = "nce"               # nce (the paper's) | softmax (see clvr.methods.instdisc)
+        head: str = "linear"            # the image branch's head: linear (the paper's) | mlp_bn
+        hidden: int = 2048              # the mlp_bn head's hidden width
 
     @classmethod
     def check_config(cls, config) -> None:
         super().check_config(config)
+        if config.head not in ("linear", "mlp_bn"):
+            raise MethodError(f"method {cls.name!r}: head = {config.head!r}; choose linear or mlp_bn")
         if not 0.0 <= config.jigsaw_weight <= 1.0:
             raise MethodError(f"method {cls.name!r}: jigsaw_weight must be in [0, 1], got {config.jigsaw_weight}")
 
@@ -56,7 +61,8 @@ class PIRL(MemoryBankMethod):
         c = self.config
         self.backbone = self.make_backbone()
         width = self.backbone.num_features
-        self.image_head = nn.Linear(width, c.dim)
+        self.image_head = nn.Linear(width, c.dim) if c.head == "linear" else \
+            mlp_head(width, c.hidden, c.dim, batch_norm=True)
         self.patch_head = nn.Linear(width, c.dim)
         self.jigsaw_head = nn.Linear(9 * c.dim, c.dim)
         self.make_bank(c.dim)

@@ -408,6 +408,9 @@ def test_instdisc_and_moco_heads_with_batch_norm():
     assert m.projection_head is head
     with pytest.raises(MethodError, match="head = 'mlp'; choose linear or mlp_bn"):
         build("instdisc", **TINY_INSTDISC, head="mlp", num_samples=64)
+    pirl = build("pirl", backbone="tiny", dim=8, negatives=16, head="mlp_bn", hidden=12, num_samples=32)
+    assert [type(x) for x in pirl.image_head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert pirl.projection_head is pirl.image_head
     moco = build("moco_v2", backbone="tiny", hidden=16, dim=8, queue=16, head="mlp_bn")
     assert any(isinstance(x, nn.BatchNorm1d) for x in moco.online.head.modules())
     assert not any(isinstance(x, nn.BatchNorm1d) for x in build("moco_v2", backbone="tiny", hidden=16, dim=8,
