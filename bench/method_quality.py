@@ -2,11 +2,11 @@
 init and supervised training from scratch, over several seeds?
 
 For each method (InstDisc, PIRL, CPC v2, MoCo v2, SimCLR, BYOL by default) and each seed, the
-script pre-trains with the same budget (the small-image settings of
-:mod:`clvr.methods.small_images`: the same ResNet-18 of width 16 at 16 px, the same optimiser,
-schedule and batch, 60 epochs; 30 for PIRL and CPC, whose step encodes nine or ten patches of
-each image, four times the work of a two-view step; the view is the digits demo's) on the 1,438
-training digits, then
+script pre-trains with each method's small-image settings (:mod:`clvr.methods.small_images`: the
+same ResNet-18 of width 16 at 16 px, the same optimiser and batch; 60 epochs, 150 for InstDisc,
+whose step encodes one view, 30 for PIRL and CPC, whose step encodes a grid of patches; the view
+is the digits' recommended recipe) on the 1,438 training digits, and again with SimCLR's number
+of optimiser steps where a method's own differs (the same-budget table), then
 runs ``clvr eval`` (knn, linear, semi) on the 359 val digits:
 
 * kNN (k = 20, t = 0.07) with all the labels;
