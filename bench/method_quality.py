@@ -4,8 +4,7 @@ init and supervised training from scratch, over several seeds?
 For each method (InstDisc, PIRL, CPC v2, MoCo v2, SimCLR, BYOL by default) and each seed, the
 script pre-trains with each method's small-image settings (:mod:`clvr.methods.small_images`: the
 same ResNet-18 of width 16 at 16 px, the same optimiser and batch; 60 epochs, 150 for InstDisc,
-whose step encodes one view, 30 for PIRL and CPC, whose step encodes a grid of patches; the view
-is the digits' recommended recipe) on the 1,438 training digits, and again with SimCLR's number
+whose step encodes one view; the view is the digits' recommended recipe) on the 1,438 training digits, and again with SimCLR's number
 of optimiser steps where a method's own differs (the same-budget table), then
 runs ``clvr eval`` (knn, linear, semi) on the 359 val digits:
 
