@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .distributed import all_gather_cat
 from .encoder import Encoder
@@ -64,6 +65,13 @@ class MemoryBankMethod(Method):
             raise MethodError(f"method {cls.name!r}: bank_momentum must be in [0, 1), got {config.bank_momentum}")
         if config.loss not in ("nce", "softmax"):
             raise MethodError(f"method {cls.name!r}: loss must be 'nce' or 'softmax', got {config.loss!r}")
+        if config.head not in ("linear", "mlp_bn"):
+            raise MethodError(f"method {cls.name!r}: head = {config.head!r}; choose linear or mlp_bn")
+
+    def projection(self, width: int) -> nn.Module:
+        """The head of the image branch: linear (the papers') or ``mlp_bn`` (an MLP with BatchNorm)."""
+        c = self.config
+        return linear_head(width, c.dim) if c.head == "linear" else mlp_head(width, c.hidden, c.dim, batch_norm=True)
 
     def noise(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Bank entries of the noise samples of the batch's samples ``index`` (B,), and which
@@ -134,19 +142,10 @@ class InstDisc(MemoryBankMethod):
         head: str = "linear"          # linear (the paper's) | mlp_bn (SimCLR's: Linear-BN-ReLU-Linear)
         hidden: int = 2048            # the mlp_bn head's hidden width
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.head not in ("linear", "mlp_bn"):
-            raise MethodError(f"method {cls.name!r}: head = {config.head!r}; choose linear or mlp_bn")
-
     def __init__(self, config=None, **kw):
         super().__init__(config, **kw)
-        c = self.config
         backbone = self.make_backbone()
-        projection = linear_head(backbone.num_features, c.dim) if c.head == "linear" else \
-            mlp_head(backbone.num_features, c.hidden, c.dim, batch_norm=True)
-        self.online = Encoder(backbone, projection, normalize=True)
+        self.online = Encoder(backbone, self.projection(backbone.num_features), normalize=True)
         self.make_bank(self.config.dim)
         self.register_buffer("log_z_value", torch.tensor(math.nan))
 

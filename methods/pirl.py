@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import MethodError
-from .heads import mlp_head
 from .instdisc import MemoryBankMethod
 from .method import Method, MethodOutput
 from .registry import register_method
@@ -51,8 +50,6 @@ class PIRL(MemoryBankMethod):
     @classmethod
     def check_config(cls, config) -> None:
         super().check_config(config)
-        if config.head not in ("linear", "mlp_bn"):
-            raise MethodError(f"method {cls.name!r}: head = {config.head!r}; choose linear or mlp_bn")
         if not 0.0 <= config.jigsaw_weight <= 1.0:
             raise MethodError(f"method {cls.name!r}: jigsaw_weight must be in [0, 1], got {config.jigsaw_weight}")
 
@@ -61,8 +58,7 @@ class PIRL(MemoryBankMethod):
         c = self.config
         self.backbone = self.make_backbone()
         width = self.backbone.num_features
-        self.image_head = nn.Linear(width, c.dim) if c.head == "linear" else \
-            mlp_head(width, c.hidden, c.dim, batch_norm=True)
+        self.image_head = self.projection(width)
         self.patch_head = nn.Linear(width, c.dim)
         self.jigsaw_head = nn.Linear(9 * c.dim, c.dim)
         self.make_bank(c.dim)
