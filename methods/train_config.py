@@ -295,24 +295,34 @@ def to_dict(config: TrainConfig) -> dict:
     return plain(dataclasses.asdict(config))
 
 
-def data_sizes(data):
-    """(the :class:`~clvr.shards.sizes.SizeSummary` of a local shard set, where it was read) or
-    (None, why not) for URLs, tar lists without a manifest, or sets that cannot be read."""
+def _one_manifest(data):
+    """(directory, manifest) of a local shard set of one split, or (None, why not) for URLs, tar
+    lists without a manifest, sets of several splits or that cannot be read."""
     from ..shards.errors import ShardError
     from ..shards.manifest import MANIFEST_NAME, shard_sets
-    from ..shards.sizes import summary
     from ..pipeline.source import is_remote
     text = str(data)
     path = Path(text)
     if is_remote(text) or not (path.is_dir() or path.name == MANIFEST_NAME):
-        return None, f"no manifest to read image sizes from ({text})"
+        return None, f"no manifest ({text})"
     try:
         sets = shard_sets(path)
     except ShardError as e:
         return None, str(e)
     if len(sets) != 1:
         return None, f"{text} holds several splits"
-    directory, manifest = next(iter(sets.values()))
+    return next(iter(sets.values()))
+
+
+def data_sizes(data):
+    """(the :class:`~clvr.shards.sizes.SizeSummary` of a local shard set, where it was read) or
+    (None, why not) for URLs, tar lists without a manifest, or sets that cannot be read."""
+    from ..shards.manifest import MANIFEST_NAME
+    from ..shards.sizes import summary
+    directory, manifest = _one_manifest(data)
+    if directory is None:
+        return None, manifest if not manifest.startswith("no manifest") else \
+            f"no manifest to read image sizes from ({data})"
     found = summary(manifest, directory)
     if found is None:
         return None, f"{directory / MANIFEST_NAME} has no image sizes (stats image_side:*) and no image was measured"
@@ -327,18 +337,12 @@ def data_recommendation(data):
     """(the ``recommended`` entry of a local shard set's manifest, the manifest's path), or
     (None, why not)."""
     from ..shards.errors import ShardError
-    from ..shards.manifest import MANIFEST_NAME, shard_sets
+    from ..shards.manifest import MANIFEST_NAME
     from ..shards.recommended import recommended
-    from ..pipeline.source import is_remote
-    text = str(data)
-    path = Path(text)
-    if is_remote(text) or not (path.is_dir() or path.name == MANIFEST_NAME):
-        return None, f"no manifest ({text})"
+    directory, manifest = _one_manifest(data)
+    if directory is None:
+        return None, manifest
     try:
-        sets = shard_sets(path)
-        if len(sets) != 1:
-            return None, f"{text} holds several splits"
-        directory, manifest = next(iter(sets.values()))
         return recommended(manifest, str(directory / MANIFEST_NAME)), str(directory / MANIFEST_NAME)
     except ShardError as e:
         return None, str(e)
@@ -360,18 +364,8 @@ def _sized_queue(config, data) -> int | None:
 
 
 def _manifest_samples(data) -> int | None:
-    from ..shards.errors import ShardError
-    from ..shards.manifest import shard_sets
-    from ..pipeline.source import is_remote
-    if is_remote(str(data)):
-        return None
-    try:
-        sets = shard_sets(Path(data))
-    except ShardError:
-        return None
-    if len(sets) != 1:
-        return None
-    samples = (next(iter(sets.values()))[1].get("totals") or {}).get("samples")
+    directory, manifest = _one_manifest(data)
+    samples = (manifest.get("totals") or {}).get("samples") if directory is not None else None
     return int(samples) if isinstance(samples, int) and samples > 0 else None
 
 
