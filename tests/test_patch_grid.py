@@ -81,13 +81,18 @@ def test_a_cpc_run_exports_its_patch_grid_and_the_knn_monitor_reads_it(tmp_path,
     data = make_demo(tmp_path / "d", limit=60)
     r = clvr("train", "--method", "cpc_v2", "--data", data / "train", "--val", data / "val", "--out", tmp_path / "run",
              "--set", "model.backbone=tiny", "--set", "data.batch_size=8", "--set", "progress=false",
-             "--set", "tensorboard=false", "--set", "max_steps=2", "--set", "knn_k=5",
-             "--set", "data.view_options={side: 32, grid: 3, patch: 16, stride: 8}")
+             "--set", "tensorboard=false", "--set", "max_steps=2", "--set", "knn_k=5")
     assert r.code == 0, r.err
     assert clvr("export", tmp_path / "run", "--out", tmp_path / "cpc.safetensors").code == 0
     arch = json.loads((tmp_path / "cpc.json").read_text())["architecture"]
-    assert arch["patch_grid"] == {"side": 32, "grid": 3, "patch": 16, "stride": 8, "pool": "grid"}
+    # the small-image preset's grid: 4 x 4 patches of 8 px at stride 8 of the 32-px image
+    assert arch["patch_grid"] == {"side": 32, "grid": 4, "patch": 8, "stride": 8, "pool": "grid"}
     model = load_encoder(tmp_path / "cpc.safetensors")
-    assert isinstance(model, PatchGridPool) and arch["num_features"] == model.num_features == 9 * model.backbone.num_features
+    assert isinstance(model, PatchGridPool) and arch["num_features"] == model.num_features == 16 * model.backbone.num_features
+    # a grid whose first predicted row overlaps the context is refused before anything is built
+    r = clvr("train", "--method", "cpc_v2", "--data", data / "train", "--out", tmp_path / "run2",
+             "--set", "model.backbone=tiny", "--set", "data.batch_size=8", "--set", "progress=false",
+             "--set", "data.view_options={side: 32, grid: 3, patch: 16, stride: 8}")
+    assert r.code == 2 and "set model.skip to at least 1" in r.err and "Traceback" not in r.err
     knn = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "knn_top1" in x]
     assert knn and 0 <= knn[-1]["knn_top1"] <= 1
