@@ -24,7 +24,7 @@ each label share is written beside it. Every run is kept in OUT (default
 ``bench/out/method_quality``), so an interrupted benchmark continues where it stopped.
 
 Usage:
-    python bench/method_quality.py                            # 6 methods x 3 seeds (about 70 min on 2 cores)
+    python bench/method_quality.py                            # 6 methods x 3 seeds (about 2 hours on 2 cores)
     python bench/method_quality.py --methods simclr --seeds 0 1 2
     python bench/method_quality.py --epochs 2 --methods simclr byol --seeds 0   # a quick look
 """
