@@ -297,14 +297,15 @@ def to_dict(config: TrainConfig) -> dict:
 
 def _one_manifest(data):
     """(directory, manifest) of a local shard set of one split, or (None, why not) for URLs, tar
-    lists without a manifest, sets of several splits or that cannot be read."""
+    lists without a manifest, sets of several splits or that cannot be read. Read once by
+    :func:`build_for_data`, for the image sizes, the recommended recipe and the sample count."""
     from ..shards.errors import ShardError
     from ..shards.manifest import MANIFEST_NAME, shard_sets
     from ..pipeline.source import is_remote
     text = str(data)
     path = Path(text)
     if is_remote(text) or not (path.is_dir() or path.name == MANIFEST_NAME):
-        return None, f"no manifest ({text})"
+        return None, f"no manifest to read image sizes from ({text})"
     try:
         sets = shard_sets(path)
     except ShardError as e:
@@ -314,15 +315,14 @@ def _one_manifest(data):
     return next(iter(sets.values()))
 
 
-def data_sizes(data):
-    """(the :class:`~clvr.shards.sizes.SizeSummary` of a local shard set, where it was read) or
-    (None, why not) for URLs, tar lists without a manifest, or sets that cannot be read."""
+def data_sizes(read) -> tuple:
+    """(the :class:`~clvr.shards.sizes.SizeSummary` of a shard set, the manifest's path), or
+    (None, why not); ``read``: what :func:`_one_manifest` read."""
     from ..shards.manifest import MANIFEST_NAME
     from ..shards.sizes import summary
-    directory, manifest = _one_manifest(data)
+    directory, manifest = read
     if directory is None:
-        return None, manifest if not manifest.startswith("no manifest") else \
-            f"no manifest to read image sizes from ({data})"
+        return None, manifest
     found = summary(manifest, directory)
     if found is None:
         return None, f"{directory / MANIFEST_NAME} has no image sizes (stats image_side:*) and no image was measured"
@@ -333,13 +333,13 @@ def data_sizes(data):
 RECOMMENDED = "recommended"
 
 
-def data_recommendation(data):
-    """(the ``recommended`` entry of a local shard set's manifest, the manifest's path), or
-    (None, why not)."""
+def data_recommendation(read) -> tuple:
+    """(the ``recommended`` entry of a manifest, the manifest's path), or (None, why not);
+    ``read``: what :func:`_one_manifest` read."""
     from ..shards.errors import ShardError
     from ..shards.manifest import MANIFEST_NAME
     from ..shards.recommended import recommended
-    directory, manifest = _one_manifest(data)
+    directory, manifest = read
     if directory is None:
         return None, manifest
     try:
@@ -348,25 +348,21 @@ def data_recommendation(data):
         return None, str(e)
 
 
-def _sized_queue(config, data) -> int | None:
+def _sized_queue(config, read) -> int | None:
     """A MoCo queue sized to the data (:func:`.small_images.queue_for`), for the global batch of
-    this run (``WORLD_SIZE`` processes, as the launcher sets it), or None without a manifest."""
+    this run (``WORLD_SIZE`` processes, as the launcher sets it), or None without a manifest
+    (``read``: what :func:`_one_manifest` read)."""
     import os
 
     from .small_images import queue_for
-    samples = _manifest_samples(data)
-    if not samples:
+    directory, manifest = read
+    samples = (manifest.get("totals") or {}).get("samples") if directory is not None else None
+    if not isinstance(samples, int) or samples < 1:
         return None
     world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
     views = int(config.data.view_options.get("views", 2))
     key_views = views if config.model.get("symmetric") else max(views - 1, 1)
     return queue_for(samples, config.data.batch_size * world * key_views)
-
-
-def _manifest_samples(data) -> int | None:
-    directory, manifest = _one_manifest(data)
-    samples = (manifest.get("totals") or {}).get("samples") if directory is not None else None
-    return int(samples) if isinstance(samples, int) and samples > 0 else None
 
 
 def small_view_side(sizes) -> int:
@@ -382,13 +378,14 @@ def build_for_data(method: str | None, config_file, sets, data, overrides: dict 
     config = build(method, config_file, sets, overrides)
     if config.preset == "paper":
         return config, "the paper's settings (preset = paper)"
+    read = _one_manifest(data)
     # the shard set's own recipe, unless a recipe was chosen (a chosen data.size resizes it)
-    found, manifest = data_recommendation(data)
+    found, manifest = data_recommendation(read)
     chosen = bool(config.data.recipe)
     recipe = {"data": {"recipe": RECOMMENDED}} if found is not None and not chosen else None
     said = (f"; views: the shard set's recommended recipe ({manifest}: {found.get('source', 'no source given')})"
             if recipe else "")
-    sizes, where = data_sizes(data)
+    sizes, where = data_sizes(read)
     if config.preset == "auto":
         paper = None
         if sizes is None:
@@ -408,11 +405,11 @@ def build_for_data(method: str | None, config_file, sets, data, overrides: dict 
     chosen_queue = "queue" in config.model
     base = _merge(train_settings(config.method), recipe or recipe_settings(side))
     config = build(method, config_file, sets, overrides, base=base)
-    sized = _sized_queue(config, data) if "queue" in base.get("model", {}) and not chosen_queue else None
+    sized = _sized_queue(config, read) if "queue" in base.get("model", {}) and not chosen_queue else None
     if sized is not None and sized != config.model.get("queue"):
         config = build(method, config_file, sets, overrides, base=_merge(base, {"model": {"queue": sized}}))
     why = (f"the images are small ({sizes.describe()})" if sizes is not None and config.preset == "auto"
            else "preset = small")
-    views = said or f", {side} px views"
-    return config, (f"small-image settings (clvr.methods.small_images{'' if said else views}): {why}; "
+    views = "" if said else f", {side} px views"
+    return config, (f"small-image settings (clvr.methods.small_images{views}): {why}; "
                     f"--set preset=paper for the paper's{said}")
