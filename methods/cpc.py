@@ -47,7 +47,6 @@ def grid_options(view_options: dict | None) -> dict:
     return {k: int((view_options or {}).get(k, getattr(defaults, k))) for k in OPTIONS}
 
 
-
 @register_method("cpc_v1")
 class CPCv1(Method):
     views = "cpc_grid"

@@ -4,8 +4,8 @@ The weights file holds the backbone's tensors (parameters and buffers such as Ba
 statistics) under the backbone's own names, so plain ``torch`` + ``safetensors`` read it without
 clvr; the sidecar says how to rebuild the network (``architecture``: ``kind`` image or video,
 ``name`` and ``options`` for :func:`clvr.methods.backbones.backbone` or
-:func:`clvr.methods.video_backbones.video_backbone`; ``patch_grid`` for an encoder read on the mean
-of a grid of patches, :class:`~clvr.methods.patch_grid.PatchGridPool`) and how to feed it (``input``: mean, std,
+:func:`clvr.methods.video_backbones.video_backbone`; ``patch_grid`` for an encoder read on the
+features of a grid of patches, :class:`~clvr.methods.patch_grid.PatchGridPool`) and how to feed it (``input``: mean, std,
 size, layout), where it came from (method, step, checkpoint, clvr version) and the weights'
 sha256. :func:`load_encoder` rebuilds it with clvr's network modules only, not its training code.
 """
@@ -202,8 +202,7 @@ def _build(arch: dict, where: str) -> nn.Module:
     except (TypeError, ValueError) as e:
         raise EncoderFileError(f"{where}: cannot build the {arch['kind']} backbone {arch['name']!r} "
                                f"with options {arch.get('options') or {}}: {e}") from None
-    # a method trained on patches (CPC) is read on the mean of its patch grid; the state dict
-    # stays the backbone's
+    # a method trained on patches (CPC) is read on its patch grid; the state dict stays the backbone's
     return PatchGridPool(model, **arch["patch_grid"]) if arch.get("patch_grid") else model
 
 

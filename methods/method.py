@@ -143,8 +143,9 @@ class Method(nn.Module):
     @classmethod
     def evaluation_grid(cls, view_options: dict | None) -> dict | None:
         """How evaluation reads the encoder: None, on the whole image (every method but CPC); or
-        the patch grid (side, grid, patch, stride) whose features are averaged
-        (:class:`~clvr.methods.patch_grid.PatchGridPool`), for a method trained on patches.
+        the patch grid (side, grid, patch, stride, pool) whose patch features are the
+        representation (:class:`~clvr.methods.patch_grid.PatchGridPool`), for a method trained on
+        patches.
         ``view_options`` are the training views' options (the method's under the config's)."""
         return None
 

@@ -51,7 +51,8 @@ def check_grid(options: dict, where: str = "patch_grid") -> dict:
 
 
 class PatchGridPool(nn.Module):
-    """``backbone``'s features averaged over a grid of patches of the resized image."""
+    """``backbone``'s features of a grid of patches of the resized image, concatenated (``grid``)
+    or averaged (``mean``)."""
 
     def __init__(self, backbone: nn.Module, side: int, grid: int, patch: int, stride: int, pool: str = "grid"):
         super().__init__()

@@ -172,8 +172,8 @@ class Trainer:
         view_options = {**cls.view_options, **d.view_options}
         # a queue shorter than a batch and the like: refused before the data pipeline is built
         cls.check_training(method_config, d.batch_size, acc.num_processes, view_options)
-        # how evaluation reads the encoder (CPC: the mean of its patch grid), for the kNN monitor
-        # and the checkpoint's encoder entry
+        # how evaluation reads the encoder (CPC: on its patch grid), for the kNN monitor and the
+        # checkpoint's encoder entry (see evaluated_encoder)
         self.evaluation_grid = cls.evaluation_grid(view_options)
         self._say(f"building the DALI pipeline for {data} ({d.device} device; the first build takes a few seconds)")
         recipe = d.recipe or cls.recipe
@@ -232,6 +232,12 @@ class Trainer:
         self._stop = False
         self._signalled: str | None = None      # the first stop signal this process received
         self._interrupts = 0
+
+    def evaluated_encoder(self) -> torch.nn.Module:
+        """What evaluation reads: the method's encoder, or (CPC) the features of its patch grid
+        (:class:`~clvr.methods.patch_grid.PatchGridPool`, no weights of its own)."""
+        encoder = self.method.encoder
+        return PatchGridPool(encoder, **self.evaluation_grid) if self.evaluation_grid else encoder
 
     def _recommended_recipe(self, data) -> dict:
         """The recipe the shard set's manifest recommends (``data.recipe = recommended``)."""
@@ -407,9 +413,7 @@ class Trainer:
         from .knn import knn_accuracy
         c = self.config
         train, val = self.knn_loaders
-        encoder = self.method.encoder
-        if self.evaluation_grid:
-            encoder = PatchGridPool(encoder, **self.evaluation_grid)
+        encoder = self.evaluated_encoder()
         features, labels, _ = extract_features(encoder, train)
         vfeatures, vlabels, _ = extract_features(encoder, val)
         # samples without a label (-1) neither vote nor are scored; how many is said once (_log_knn)
@@ -437,8 +441,7 @@ class Trainer:
             rng = [rng]
         encoder = self.method.encoder
         prefix = next(name for name, module in self.method.named_modules() if module is encoder) + "."
-        # what evaluation reads: the encoder, or (CPC) the features of its patch grid
-        evaluated = PatchGridPool(encoder, **self.evaluation_grid) if self.evaluation_grid else encoder
+        evaluated = self.evaluated_encoder()
         kind = self.method.input_kind
         return {"step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "position": self.step % self.steps_per_epoch, "method": self.method_cls.name,
