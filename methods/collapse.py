@@ -120,7 +120,7 @@ class CollapseMonitor:
     Args:
         encoder: the module whose output is the representation (``method.encoder``).
         threshold: a mean spread below it is a collapse; 0 disables the check.
-        head: the projection head whose output the loss compares (``method.head``), or None.
+        head: the projection head whose output the loss compares (``method.projection_head``), or None.
         rank_fraction: an effective rank below this fraction of min(B, D) is a dimensional
             collapse; 0 disables that check (the ranks are still reported).
     """
@@ -154,7 +154,7 @@ class CollapseMonitor:
             self._values.append(feature_spread(output))
 
     def check(self, step: int) -> dict:
-        """The mean spread since the last check and the effective ranks of the last batch, and
+        """The mean spread since the last check and the effective ranks of the latest rows, and
         whether they are a collapse. Returns ``{"feature_spread": s, "rank_backbone": r,
         "rank_head": r}`` (nothing when no forward pass was seen), with ``"collapse": True`` while
         collapsed and ``"dimensional_collapse": [parts]`` while a rank is too low; ``started``
@@ -176,12 +176,12 @@ class CollapseMonitor:
             if taken is not None:
                 self.ranks[part] = taken
                 out[f"rank_{part}"] = round(taken[0], 2)
-        # a complete collapse says more than a dimensional one: the latter is named without it
         # only the representation is judged: a head's rank is reported, but a healthy one can be
-        # low (SimCLR's on the digits: 39 of 128, against 59 for its backbone)
-        self.narrow = [] if self.collapsed or not self.rank_fraction else \
-            [p for p, (r, most) in self.ranks.items()
-             if p == "backbone" and most >= 4 and r < self.rank_fraction * most]
+        # low (SimCLR's on the digits: 39 of 128, against 59 for its backbone); and a complete
+        # collapse, which says more, is named without it
+        rank, most = self.ranks.get("backbone", (0.0, 0))
+        narrow = not self.collapsed and most >= 4 and rank < self.rank_fraction * most
+        self.narrow = ["backbone"] if narrow else []
         was = self.dimensional
         self.dimensional = bool(self.narrow)
         if self.dimensional and not was:
