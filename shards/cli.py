@@ -48,6 +48,12 @@ def _positive(text: str) -> int:
     return v
 
 
+def _recipe_option(p) -> None:
+    p.add_argument("--recipe", type=Path, default=None, metavar="FILE",
+                   help="a view recipe (YAML) that learns on this data, recorded in the manifest: clvr train "
+                        "uses it by default (preset=auto) and says so in its plan")
+
+
 def _common(p: argparse.ArgumentParser, split_default: float = 0.0) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--shard-size", type=_positive, default=1000, metavar="N",
@@ -67,9 +73,7 @@ def _common(p: argparse.ArgumentParser, split_default: float = 0.0) -> None:
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over instead of resuming an interrupted run into OUT")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    g.add_argument("--recipe", type=Path, default=None, metavar="FILE",
-                   help="a view recipe (YAML) that learns on this data, recorded in the manifest: clvr train "
-                        "uses it by default (preset=auto) and says so in its plan")
+    _recipe_option(g)
     g.add_argument("--fsync", action="store_true",
                    help="flush each shard to disk before renaming it (survives a power loss; slower)")
 
@@ -172,9 +176,7 @@ def build_parser(sub) -> None:
                         "field of the .json members (json:label, json:class_name), or none (default: the first "
                         "of cls, cls2, label, class, target, then json:label/cls/class/class_id/.../class_name/"
                         "category)")
-    p.add_argument("--recipe", type=Path, default=None, metavar="FILE",
-                   help="a view recipe (YAML) that learns on this data, recorded in the manifest: clvr train "
-                        "uses it by default (preset=auto) and says so in its plan")
+    _recipe_option(p)
     p.add_argument("--classes-from", type=Path, default=None, metavar="DIR",
                    help="number the classes as this other shard set does (index a val set with its train set's "
                         "classes)")

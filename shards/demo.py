@@ -27,9 +27,10 @@ from .job import Item, Prepared
 
 from .cli import DEMOS  # noqa: E402  (one list of names, kept where the parser needs it cheaply)
 #: the view recipe that learns on the ``digits`` demo, measured (``bench/method_quality.py``):
-#: crops that keep most of the digit, every view's colours distorted (hue over the whole circle), some views grey, none flipped (mirrored digits are not
-#: digits: SimCLR, 60 epochs, seed 0, flips at p = 0.5 measured kNN 81.3, linear 85.2 and
-#: 1%-label linear 48.2 against 89.4, 92.2 and 52.6 without); 16 px (the scans are 8 x 8)
+#: crops that keep most of the digit, every view's colours distorted (hue over the whole circle),
+#: some views grey, none flipped (mirrored digits are not digits: SimCLR, 60 epochs, seed 0, flips
+#: at p = 0.5 measured kNN 81.3, linear 85.2 and 1%-label linear 48.2 against 89.4, 92.2 and 52.6
+#: without); 16 px (the scans are 8 x 8)
 DIGITS_RECIPE = {"base": "simclr-cifar", "size": 16, "crop": {"scale": [0.7, 1.0]},
                  "jitter": {"p": 1.0, "brightness": 0.6, "contrast": 0.6, "saturation": 1.0, "hue": 0.5},
                  "grayscale": {"p": 0.2}, "flip": {"p": 0.0}}
