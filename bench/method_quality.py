@@ -138,6 +138,16 @@ def scores_some(results: dict) -> dict:
     return {"kNN 100%": top1(p["knn"]["k20"].get("learned")), "linear 100%": top1(p["linear"]["logistic"].get("learned"))}
 
 
+def _values(rows: dict, name: str, column: str) -> list:
+    """The seeds' values of ``column`` for row ``name`` (the ones measured)."""
+    return [s[column] for s in rows[name] if s[column] is not None]
+
+
+def _mean(rows: dict, name: str, column: str) -> float:
+    values = _values(rows, name, column)
+    return statistics.mean(values) if values else math.nan
+
+
 def mean_std(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -192,11 +202,10 @@ def checks_methods(rows: dict, methods: list[str], minutes: dict | None = None) 
     time, SimCLR against its figures before, and every method's 1%-label margin over
     supervised training from scratch (20 points; SimCLR's 30)."""
     def values(name, column):
-        return [s[column] for s in rows[name] if s[column] is not None]
+        return _values(rows, name, column)
 
     def mean(name, column):
-        v = values(name, column)
-        return statistics.mean(v) if v else math.nan
+        return _mean(rows, name, column)
 
     out = []
     for m in methods:
@@ -242,8 +251,7 @@ def checks(rows: dict, methods: list[str], minutes: dict | None = None) -> list[
     and random init under linear evaluation. The other methods' 1%-label margins are printed as
     ``NOTE`` lines, so a reader sees how far each is from SimCLR's, without a goal of their own."""
     def mean(name, column):
-        values = [s[column] for s in rows[name] if s[column] is not None]
-        return statistics.mean(values) if values else math.nan
+        return _mean(rows, name, column)
     out = []
     if "simclr" in rows:
         knn, lin = mean("simclr", "kNN 100%"), mean("simclr", "linear 100%")
