@@ -74,11 +74,19 @@ def test_an_exported_encoder_with_a_patch_grid_is_rebuilt_pooled(tmp_path):
         load_encoder(tmp_path / "e.safetensors")
 
 
-def test_a_cpc_run_exports_its_patch_grid_and_the_knn_monitor_reads_it(tmp_path, clvr):
+def test_a_cpc_run_exports_its_patch_grid_and_the_knn_monitor_reads_it(tmp_path, clvr, monkeypatch):
     import json
 
+    from clvr.methods import features as features_mod
     from conftest import make_demo
     data = make_demo(tmp_path / "d", limit=60)
+    read = []                                      # what the kNN monitor extracts features with
+    extract = features_mod.extract_features
+
+    def recording(encoder, loader):
+        read.append(encoder)
+        return extract(encoder, loader)
+    monkeypatch.setattr(features_mod, "extract_features", recording)
     r = clvr("train", "--method", "cpc_v2", "--data", data / "train", "--val", data / "val", "--out", tmp_path / "run",
              "--set", "model.backbone=tiny", "--set", "data.batch_size=8", "--set", "progress=false",
              "--set", "tensorboard=false", "--set", "max_steps=2", "--set", "knn_k=5")
@@ -96,3 +104,4 @@ def test_a_cpc_run_exports_its_patch_grid_and_the_knn_monitor_reads_it(tmp_path,
     assert r.code == 2 and "set model.skip to at least 1" in r.err and "Traceback" not in r.err
     knn = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "knn_top1" in x]
     assert knn and 0 <= knn[-1]["knn_top1"] <= 1
+    assert read and all(isinstance(e, PatchGridPool) and e.options == arch["patch_grid"] for e in read)
