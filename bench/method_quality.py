@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -86,16 +87,22 @@ def train_config(method: str, seed: int, recipe: Path, epochs: int | None):
 
 def pretrain(method: str, seed: int, out: Path, data: Path, recipe: Path, epochs: int | None,
              name: str | None = None) -> dict:
-    """Train (or reuse a finished run); returns its seconds, the lowest feature spread and the
+    """Train (or reuse a finished run trained with the same settings; a run trained with others,
+    such as an earlier preset, is trained again and its evaluation dropped); returns its seconds, the lowest feature spread and the
     effective ranks at the end (of the encoder's and the head's features; see clvr.methods.collapse)."""
     from clvr.methods.trainer import Trainer
+    from clvr.methods.train_config import to_dict
     run = out / "runs" / (name or f"{method}-seed{seed}")
     done = run / "done.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    import shutil
-    shutil.rmtree(run, ignore_errors=True)
     config = train_config(method, seed, recipe, epochs)
+    settings = to_dict(config)
+    if done.is_file():
+        info = json.loads(done.read_text())
+        if info.get("settings") == settings:
+            return info
+        log(f"{run.name}: trained with other settings than now; training it again")
+        shutil.rmtree(out / "eval" / run.name, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
     t = time.perf_counter()
     trainer = Trainer(config, data / "train", run)
     log(f"pre-train {method}, seed {seed}: {trainer.total_steps} steps")
@@ -108,7 +115,7 @@ def pretrain(method: str, seed: int, out: Path, data: Path, recipe: Path, epochs
             "collapsed": any(s < config.collapse_threshold for s in spreads),
             "rank_backbone": ranked[-1]["rank_backbone"] if ranked else None,
             "rank_head": ranked[-1].get("rank_head") if ranked else None,
-            "dimensional_collapse": any("dimensional_collapse" in r for r in lines)}
+            "dimensional_collapse": any("dimensional_collapse" in r for r in lines), "settings": settings}
     done.write_text(json.dumps(info))
     return info
 

@@ -121,3 +121,32 @@ def test_the_rank_column_and_the_same_budget_table(bench):
                         "| linear 100% |")
     assert table[2] == "| simclr | 1,320 | 90.0 ± 0.0 | 92.0 ± 0.0 | 90.0 ± 0.0 | 92.0 ± 0.0 |"   # its own runs
     assert table[3] == "| pirl | 660 | 80.0 ± 0.0 | 82.0 ± 0.0 | 86.0 ± 1.4 | 89.0 ± 1.4 |"
+
+
+def test_a_finished_run_is_reused_only_with_the_same_settings(bench, tmp_path, monkeypatch):
+    """A run kept from an earlier preset is trained again (and its evaluation dropped), not
+    reported under the settings of now."""
+    import clvr.methods.trainer as trainer_module
+    trained = []
+
+    class FakeTrainer:
+        def __init__(self, config, data, run):
+            self.config, self.run_dir, self.total_steps = config, Path(run), config.epochs * 10
+
+        def run(self):
+            trained.append(self.config.epochs)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.jsonl").write_text(json.dumps({"feature_spread": 0.5}) + "\n")
+
+    monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("size: 16\n")
+    first = bench.pretrain("simclr", 0, tmp_path, tmp_path / "data", recipe, 3)
+    assert bench.pretrain("simclr", 0, tmp_path, tmp_path / "data", recipe, 3) == first
+    assert trained == [3]
+    report = tmp_path / "eval" / "simclr-seed0"
+    report.mkdir(parents=True)
+    (report / "done.json").write_text("{}")
+    again = bench.pretrain("simclr", 0, tmp_path, tmp_path / "data", recipe, 4)
+    assert trained == [3, 4] and again["steps"] == 40 and again["settings"]["epochs"] == 4
+    assert not report.exists()
