@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..pipeline.views.cpc_grid import span_problem
+
 #: the options of a patch grid, as the ``cpc_grid`` view names them
 OPTIONS = ("side", "grid", "patch", "stride")
 #: how the patches' features become one vector
@@ -43,10 +45,9 @@ def check_grid(options: dict, where: str = "patch_grid") -> dict:
     if not all(isinstance(options[k], int) and not isinstance(options[k], bool) and options[k] >= 1
                for k in OPTIONS):
         raise ValueError(f"{where}: {', '.join(OPTIONS)} must be positive integers, got {options!r}")
-    span = (options["grid"] - 1) * options["stride"] + options["patch"]
-    if span > options["side"]:
-        raise ValueError(f"{where}: a {options['grid']}x{options['grid']} grid of {options['patch']}-px patches "
-                         f"at stride {options['stride']} spans {span} px, more than side = {options['side']}")
+    problem = span_problem(**{k: options[k] for k in OPTIONS})
+    if problem:
+        raise ValueError(f"{where}: {problem}")
     return {**{k: int(options[k]) for k in OPTIONS}, "pool": pool}
 
 

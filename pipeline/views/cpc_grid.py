@@ -21,6 +21,15 @@ from .base import ViewGenerator
 from .registry import register_view
 
 
+def span_problem(side: int, grid: int, patch: int, stride: int) -> str | None:
+    """Why a ``grid`` x ``grid`` grid of ``patch``-px patches at ``stride`` does not fit in a
+    ``side``-px image, or None when it fits."""
+    span = (grid - 1) * stride + patch
+    if span > side:
+        return f"a {grid}x{grid} grid of {patch}-px patches at stride {stride} spans {span} px, more than side = {side}"
+    return None
+
+
 @register_view("cpc_grid")
 class CpcGrid(ViewGenerator):
     needs = frozenset({"image"})
@@ -39,10 +48,9 @@ class CpcGrid(ViewGenerator):
         o = self.options
         if min(o.side, o.grid, o.patch, o.stride) < 1:
             raise PipelineError(f"cpc_grid: side, grid, patch and stride must be positive ({o})")
-        need = (o.grid - 1) * o.stride + o.patch
-        if need > o.side:
-            raise PipelineError(f"cpc_grid: a {o.grid}x{o.grid} grid of {o.patch}-px patches at stride "
-                                f"{o.stride} spans {need} px, more than side = {o.side}")
+        problem = span_problem(o.side, o.grid, o.patch, o.stride)
+        if problem:
+            raise PipelineError(f"cpc_grid: {problem}")
 
     def photometric_recipes(self, ctx):
         return {}
