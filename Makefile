@@ -6,7 +6,9 @@
 #   make test   -- install, then run the test suite (what CI runs)
 #   make bench  -- install, then run the benchmarks in bench/
 #   make bench-quality -- install, then bench/method_quality.py: every method on the digits, 3 seeds,
-#                  against raw pixels, random init and supervised (about 70 min on 2 cores)
+#                  against raw pixels, random init and supervised (about 2 hours on 2 cores)
+#   make bench-defaults SEED=7 -- install, then bench/defaults_check.py: every method trained with
+#                  `clvr train`'s defaults and scored with `clvr eval knn`, against bench-quality's mean
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +21,7 @@ RUNS ?= runs
 METHOD ?=
 DEMO_FLAGS := $(if $(METHOD),--method $(METHOD))
 
-.PHONY: setup test demo demo-video demo-objects demo-captions demo-shards bench bench-quality clean
+.PHONY: setup test demo demo-video demo-objects demo-captions demo-shards bench bench-quality bench-defaults clean
 
 setup: $(STAMP)
 
@@ -59,6 +61,10 @@ bench: setup
 
 bench-quality: setup
 	$(PY) bench/method_quality.py $(BENCH_FLAGS)
+
+SEED ?= 7
+bench-defaults: setup
+	$(PY) bench/defaults_check.py --seed $(SEED) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(DATA) $(RUNS) bench/out .pytest_cache
