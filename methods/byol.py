@@ -42,6 +42,9 @@ class BYOL(Method):
                 "schedule": {"kind": "cosine", "warmup_epochs": 10}, "epochs": 1000}
     paper = "Grill et al., Bootstrap Your Own Latent, NeurIPS 2020"
     reported = "74.3"
+    collapse_hint = ("a known failure of methods without negatives under a wrong optimiser or lr: try optim.name=lars, "
+                     "model.per_view_bn=true, a lower optim.lr or a higher model.base_momentum; on small data BYOL's "
+                     "rank falls in the first epochs and recovers in a long run (clvr.methods.small_images: 150 epochs)")
 
     @dataclass
     class Config(Method.Config):

@@ -190,19 +190,20 @@ class CollapseMonitor:
             out["dimensional_collapse"] = list(self.narrow)
         return out
 
-    def dimensional_message(self, method: str) -> str:
+    def dimensional_message(self, method: str, hint: str = "") -> str:
+        """What the dimensional collapse is, and ``hint``: what to try for this method
+        (``Method.collapse_hint``)."""
         parts = "; ".join(f"the {p} features' effective rank is {self.ranks[p][0]:.1f} of at most "
                           f"{self.ranks[p][1]} (below {self.rank_fraction:g} of it)" for p in self.narrow)
         return (f"dimensional collapse since step {self.dimensional_since}: {parts}. The {method} features "
-                "still differ between images but live in a few directions, and linear or kNN accuracy suffers; "
-                "a known failure of methods without negatives (BYOL) under a wrong optimiser or lr: try "
-                "optim.name=lars, per-view BatchNorm, a lower optim.lr or a higher target momentum")
+                "still differ between images but live in a few directions, and linear or kNN accuracy suffers"
+                + (f"; {hint}" if hint else ""))
 
-    def message(self, method: str) -> str:
+    def message(self, method: str, hint: str = "") -> str:
+        """What the collapse is, and ``hint`` (``Method.collapse_hint``)."""
         return (f"representation collapse: the {method} encoder's features have a spread of {self.last:.2g} "
                 f"(below {self.threshold:g}) since step {self.since_step}: every image gets nearly the same "
-                "features. A known failure of methods without negatives (BYOL); try a lower optim.lr, a longer "
-                "warm-up, a higher target momentum or weight decay")
+                "features" + (f"; {hint}" if hint else ""))
 
     def close(self) -> None:
         self._handle.remove()

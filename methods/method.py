@@ -65,6 +65,10 @@ class Method(nn.Module):
     recipe: ClassVar[str | None] = None
     #: negatives come from the batch itself: gradient accumulation would change them
     in_batch_negatives: ClassVar[bool] = False
+    #: what to try when the features collapse (the collapse monitor's message ends with it)
+    collapse_hint: ClassVar[str] = ("for a contrastive method, try a higher model.temperature, a projection head with "
+                                    "BatchNorm (model.head=mlp_bn, where the method has one), a lower optim.lr, or "
+                                    "views whose shortcuts the view check in the plan did not flag")
     #: gathers across processes (all processes must then have equal, unpadded batches); methods
     #: whose gathering is optional set it per instance from their config
     gathers: bool = False

@@ -805,7 +805,7 @@ class Trainer:
             from .distributed import any_across_processes
             collapsed = any_across_processes(collapsed, self.accelerator.device)
         if self.collapse.started and self.accelerator.is_main_process:
-            text = self.collapse.message(self.method_cls.name)
+            text = self.collapse.message(self.method_cls.name, self.method_cls.collapse_hint)
             if metrics is not None:
                 metrics.write({"step": self.step, "event": "collapse", "feature_spread": self.collapse.last,
                                "message": text})
@@ -815,14 +815,14 @@ class Trainer:
                 import sys
                 print(f"clvr train: step {self.step}: {text}", file=sys.stderr)
         if self.collapse.dimensional_started and self.accelerator.is_main_process:
-            text = self.collapse.dimensional_message(self.method_cls.name)
+            text = self.collapse.dimensional_message(self.method_cls.name, self.method_cls.collapse_hint)
             if metrics is not None:
                 metrics.write({"step": self.step, "event": "dimensional_collapse", "parts": self.collapse.narrow,
                                "effective_rank": {p: round(r, 2) for p, (r, _) in self.collapse.ranks.items()},
                                "message": text})
             self._write(bar, f"clvr train: step {self.step}: {text}")
         if collapsed and self.config.on_collapse == "stop":
-            raise TrainingError(f"step {self.step}: {self.collapse.message(self.method_cls.name)}; stopping "
+            raise TrainingError(f"step {self.step}: {self.collapse.message(self.method_cls.name, self.method_cls.collapse_hint)}; stopping "
                                 f"(on_collapse = stop). The last checkpoint is "
                                 f"{self.last_checkpoint or 'none yet (the run start)'}")
         return status

@@ -200,8 +200,13 @@ def test_the_monitor_names_dimensional_collapse_that_the_spread_does_not_see():
     assert status["feature_spread"] > 0.1 and "collapse" not in status          # the spread calls it healthy
     assert status["rank_backbone"] < 3 and status["dimensional_collapse"] == ["backbone"]
     assert monitor.dimensional_started and monitor.dimensional_since == 10
-    text = monitor.dimensional_message("byol")
+    from clvr.methods.registry import get_method
+    text = monitor.dimensional_message("byol", get_method("byol").collapse_hint)
     assert "dimensional collapse since step 10" in text and "backbone features' effective rank" in text
+    assert "methods without negatives" in text and "model.base_momentum" in text
+    # a contrastive method's hint is not BYOL's
+    simclr = monitor.dimensional_message("simclr", get_method("simclr").collapse_hint)
+    assert "model.temperature" in simclr and "without negatives" not in simclr
     assert "of at most 32" in text
     head(enc(torch.randn(64, 3, 4, 4)))
     assert monitor.check(11)["dimensional_collapse"] == ["backbone"] and not monitor.dimensional_started
