@@ -243,3 +243,23 @@ def test_kornia_stage_draws_once_per_clip_in_video_clips():
     assert out.dtype == torch.float32 and out.shape == (4, 2, 3, 3, 8, 8)
     assert torch.equal(out[:, :, 0], out[:, :, 1]) and torch.equal(out[:, :, 1], out[:, :, 2])
     assert not torch.equal(out[:, 0], out[:, 1])
+
+
+def test_cpc_v2_draws_each_patchs_colours_on_its_own():
+    """With patch_augment the recipe's colour jitter is drawn per patch: identical patches come
+    out with different colours. (Drawn per image, every patch of an image shared one colour cast,
+    and CPC's prediction could find its target among the batch's patches by colour.)"""
+    from clvr.pipeline import recipe as R
+    from clvr.pipeline.views.cpc_grid import CpcGrid
+    r = R.build({"base": "none", "size": 8, "jitter": {"p": 1.0, "brightness": 0.8, "contrast": 0.0,
+                                                       "saturation": 0.0, "hue": 0.0}})[0]
+    patches = torch.full((2, 3, 3, 3, 8, 8), 128, dtype=torch.uint8)      # one grey, everywhere
+    view = CpcGrid(side=24, grid=3, patch=8, stride=8).augment_patches(patches, r, torch.Generator().manual_seed(0))
+    assert view.dtype == torch.float32 and view.shape == patches.shape
+    means = view.mean(dim=(3, 4, 5))                                           # (2, 3, 3): a brightness per patch
+    assert means[0].std() > 0.05 and means[1].std() > 0.05
+    # without jitter the grey comes out as the normalised grey, the same for every patch
+    plain = CpcGrid(side=24, grid=3, patch=8, stride=8).augment_patches(patches, R.build("none")[0],
+                                                                          torch.Generator().manual_seed(0))
+    expected = (128 / 255 - torch.tensor(r.normalize.mean)) / torch.tensor(r.normalize.std)
+    assert torch.allclose(plain[0, 0, 0, :, 0, 0], expected.float(), atol=1e-6)

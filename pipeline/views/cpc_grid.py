@@ -2,8 +2,9 @@
 
 The image is resized (or, with a cropping recipe, randomly cropped) to ``side`` px (default 256),
 then cut into a ``grid`` x ``grid`` grid of ``patch``-px patches at ``stride`` px (default 7 x 7,
-64 px, stride 32: (7 - 1) * 32 + 64 = 256). With a patch-level recipe (``cpc-v2``) each patch gets
-its own flip and colour-channel drop, drawn independently per patch.
+64 px, stride 32: (7 - 1) * 32 + 64 = 256). With ``patch_augment`` (CPC v2) the recipe's colours,
+flip and colour-channel drop are drawn for each patch on its own (the ``cpc-v2`` recipe: a flip
+and one of three channels kept); otherwise the colours are the image's.
 
 Batch: ``views`` = one tensor (B, G, G, 3, P, P) float32 named ``patches``; patch ``[b, i, j]``
 starts at row ``i * stride``, column ``j * stride`` of the resized image.
@@ -42,7 +43,7 @@ class CpcGrid(ViewGenerator):
         grid: int = 7
         patch: int = 64
         stride: int = 32
-        patch_augment: bool = True     # per-patch flip / channel drop from the recipe (CPC v2)
+        patch_augment: bool = True     # the recipe's colour, flip and channel drop per patch (CPC v2)
 
     def check(self):
         o = self.options
@@ -59,7 +60,9 @@ class CpcGrid(ViewGenerator):
         o, r = self.options, ctx.recipe(0)
         image = augment.crop(sample.image, r, (o.side, o.side))
         whole = r.replace(flip={"p": 0.0}, rotate={"p": 0.0}, cutout={"p": 0.0}, channel_drop={"p": 0.0})
-        if ctx.photometric == "dali":
+        if o.patch_augment:           # every patch gets its own colours in on_device: the image stays uint8
+            view = augment.after_crop(image, whole, (o.side, o.side), photometric_in_graph=False)
+        elif ctx.photometric == "dali":
             view = augment.normalize(augment.photometric(image, whole, o.side), whole)
         else:
             view = augment.after_crop(image, whole, (o.side, o.side), photometric_in_graph=False)
@@ -68,7 +71,7 @@ class CpcGrid(ViewGenerator):
     def on_device(self, batch, ctx):
         o, r = self.options, ctx.recipe(0)
         image = batch.views[0]
-        if ctx.photometric == "kornia":
+        if ctx.photometric == "kornia" and not o.patch_augment:
             from .. import kornia_stage
             image = kornia_stage.apply_recipe(image, r.replace(channel_drop={"p": 0.0}), ctx.rng)
         # (B, C, side, side) -> (B, C, G, G, P, P) -> (B, G, G, C, P, P)
@@ -81,9 +84,14 @@ class CpcGrid(ViewGenerator):
         return batch
 
     def augment_patches(self, patches: torch.Tensor, recipe, gen: torch.Generator) -> torch.Tensor:
-        """Independent flip and channel drop per patch, from the loader's seeded generator."""
+        """uint8 patches -> normalised float patches, each with its own draw of the recipe's
+        colours (jitter, grayscale, blur...), flip and channel drop, from the loader's seeded
+        generator. A draw per image would give all the patches of an image one colour cast, and
+        the prediction could find its target by colour instead of content (CPC v2 augments each
+        patch on its own for this reason)."""
+        from .. import kornia_stage
         b, g1, g2, c, p, _ = patches.shape
-        flat = patches.reshape(-1, c, p, p)
+        flat = kornia_stage.apply_recipe(patches.reshape(-1, c, p, p), recipe.replace(channel_drop={"p": 0.0}), gen)
         n = flat.shape[0]
         if recipe.flip.p > 0:
             flip = (torch.rand(n, generator=gen) < recipe.flip.p).to(flat.device)
