@@ -3,9 +3,10 @@ init and supervised training from scratch, over several seeds?
 
 For each method (InstDisc, PIRL, CPC v2, MoCo v2, SimCLR, BYOL by default) and each seed, the
 script pre-trains with each method's small-image settings (:mod:`clvr.methods.small_images`: the
-same ResNet-18 of width 16 at 16 px, the same optimiser and batch; 60 epochs, 150 for InstDisc,
-whose step encodes one view; the view is the digits' recommended recipe) on the 1,438 training digits, and again with SimCLR's number
-of optimiser steps where a method's own differs (the same-budget table), then
+same ResNet-18 of width 16 at 16 px, the same optimiser and batch; 60 epochs, 75 for PIRL and
+150 for InstDisc and BYOL, each method's own number and its reason in small_images; the view is
+the digits' recommended recipe) on the 1,438 training digits, and again with SimCLR's number of
+optimiser steps where a method's own differs (the same-budget table), then
 runs ``clvr eval`` (knn, linear, semi) on the 359 val digits:
 
 * kNN (k = 20, t = 0.07) with all the labels;
