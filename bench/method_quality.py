@@ -107,7 +107,10 @@ def pretrain(method: str, seed: int, out: Path, data: Path, recipe: Path, epochs
     t = time.perf_counter()
     trainer = Trainer(config, data / "train", run)
     log(f"pre-train {method}, seed {seed}: {trainer.total_steps} steps")
-    trainer.run()
+    result = trainer.run()
+    if result.get("stopped_by_signal"):       # a stopped run is not a finished one: keep no done.json
+        raise SystemExit(f"[method_quality] {run.name} stopped by {result.get('signal')} at step "
+                         f"{trainer.step} of {trainer.total_steps}; run the benchmark again to go on")
     seconds = time.perf_counter() - t
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     spreads = [r["feature_spread"] for r in lines if "feature_spread" in r]

@@ -137,6 +137,8 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(bench, tmp_path, m
             trained.append(self.config.epochs)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "metrics.jsonl").write_text(json.dumps({"feature_spread": 0.5}) + "\n")
+            self.step = self.total_steps if self.config.epochs != 5 else 7
+            return {"stopped_by_signal": self.config.epochs == 5, "signal": "SIGTERM"}
 
     monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
     recipe = tmp_path / "recipe.yaml"
@@ -150,3 +152,8 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(bench, tmp_path, m
     again = bench.pretrain("simclr", 0, tmp_path, tmp_path / "data", recipe, 4)
     assert trained == [3, 4] and again["steps"] == 40 and again["settings"]["epochs"] == 4
     assert not report.exists()
+    # a run stopped by a signal (the trainer stops cleanly on SIGTERM) is not recorded as done:
+    # the benchmark stops, and the next start trains it again
+    with pytest.raises(SystemExit, match="simclr-seed0 stopped by SIGTERM at step 7 of 50"):
+        bench.pretrain("simclr", 0, tmp_path, tmp_path / "data", recipe, 5)
+    assert not (tmp_path / "runs" / "simclr-seed0" / "done.json").exists()
