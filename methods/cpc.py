@@ -64,7 +64,6 @@ class CPCv1(Method):
         directions: int = 1
         temperature: float = 1.0
         skip: int = 1                 # rows after the context that are not predicted (they overlap it)
-        normalize: bool = False       # score cosines (L2-normalised predictions and patches) / temperature
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -113,9 +112,6 @@ class CPCv1(Method):
         grid = self.backbone(patches.flatten(0, 2)).reshape(b, g1, g2, -1)
         directions = self.context(grid)
         c = self.config
-        if c.normalize:
-            unit = lambda x: torch.nn.functional.normalize(x, dim=-1)   # noqa: E731
-            directions = [([unit(p) for p in preds], unit(targets)) for preds, targets in directions]
         loss = torch.stack([cpc(preds, targets, c.temperature, c.skip) for preds, targets in directions]).mean()
         return MethodOutput(loss, self.logs(*directions[0]))
 
