@@ -148,3 +148,12 @@ def linear_taps(n_in: int, n_out: int) -> np.ndarray:
         w[i, min(max(j + 1, 0), n_in - 1)] += f
     return w
 
+
+
+def load_bench(name: str):
+    """The script ``bench/NAME.py`` imported as a module (the bench scripts are not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

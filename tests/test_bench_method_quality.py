@@ -4,7 +4,6 @@ its checks of issue 12's figures, and how it reads clvr eval's results, on resul
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import statistics
@@ -12,16 +11,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_bench
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("method_quality", ROOT / "bench" / "method_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("method_quality")
 
 
 def s(top1: float) -> dict:
