@@ -5,7 +5,8 @@ convolutions: each layer pads the top so that its kernel never looks down). From
 row ``i``, a linear map per step ``k`` predicts the embedding of row ``i + skip + k`` (``skip``
 rows next to the context are left out: their patches overlap the context's). CPC v1 predicts
 downwards only; CPC v2 does it from several directions: the grid is turned by 90, 180 and 270
-degrees, and each direction has its own network.
+degrees, and each direction has its own network. The linear maps start at zero
+(:data:`PREDICT_INITS`).
 
 :meth:`CPCContext.forward` returns, per direction, ``(predictions, targets)`` in the layout of
 :func:`clvr.methods.losses.cpc`.
@@ -43,11 +44,22 @@ class ContextNet(nn.Module):
         return x
 
 
+#: how the prediction maps W_k start: ``zero`` (every score 0, the loss at log N, and no gradient
+#: reaches the encoder until W_k has learnt something to predict from its random features) or
+#: ``random`` (torch's default for a Linear layer: random predictions score the patches with
+#: noise, and the quickest way to lower that loss is to make every patch embedding alike: the
+#: encoder collapsed in its first epoch and escaped after 16 to 33 epochs, by seed)
+PREDICT_INITS = ("zero", "random")
+
+
 class CPCContext(nn.Module):
-    def __init__(self, dim: int, steps: int = 5, layers: int = 3, directions: int = 1, skip: int = 0):
+    def __init__(self, dim: int, steps: int = 5, layers: int = 3, directions: int = 1, skip: int = 0,
+                 predict_init: str = "zero"):
         super().__init__()
         if directions not in (1, 2, 4):
             raise ValueError(f"directions must be 1 (v1: downwards), 2 or 4 (v2), got {directions}")
+        if predict_init not in PREDICT_INITS:
+            raise ValueError(f"predict_init must be one of {', '.join(PREDICT_INITS)}, got {predict_init!r}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if skip < 0:
@@ -56,6 +68,11 @@ class CPCContext(nn.Module):
         self.context = nn.ModuleList(ContextNet(dim, layers) for _ in range(directions))
         self.predict = nn.ModuleList(nn.ModuleList(nn.Linear(dim, dim) for _ in range(steps))
                                      for _ in range(directions))
+        if predict_init == "zero":
+            for layer in self.predict.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.zeros_(layer.weight)
+                    nn.init.zeros_(layer.bias)
 
     def forward(self, grid: torch.Tensor) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
         """``grid``: (B, H, W, D) patch embeddings. Per direction: (predictions for k = 1 ..

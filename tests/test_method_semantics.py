@@ -583,7 +583,7 @@ def test_pirl_needs_nine_patches():
 def test_cpc_loss_is_the_mean_over_directions_of_cpc_skipping_the_overlapping_row(name):
     """Issue 22: the row next to the context overlaps it (patches at half their size's stride),
     so CPC predicts from two rows ahead (skip = 1), as Greedy InfoMax and pl_bolts do."""
-    m = build(name, backbone="tiny", steps=2, context_layers=1).train()
+    m = build(name, backbone="tiny", steps=2, context_layers=1, predict_init="random").train()
     assert m.config.skip == 1
     batch = cpc_batch(b=2, grid=4, patch=16)
     out = m(batch)
@@ -605,6 +605,29 @@ def test_cpc_loss_is_the_mean_over_directions_of_cpc_skipping_the_overlapping_ro
     cells = torch.arange(flat.shape[0]).reshape(2, 4, 4)
     want = (torch.logsumexp(logits, 1) - logits[torch.arange(len(logits)), cells[:, 2:].reshape(-1)]).mean()
     assert close(cpc(preds[:1], targets, m.config.temperature, skip=1), want, 1e-12)
+
+
+@pytest.mark.parametrize("name", ["cpc_v1", "cpc_v2"])
+def test_cpc_starts_from_zero_predictions_so_the_encoder_is_not_pushed_to_collapse(name):
+    """Issue 22: with random prediction maps the first scores are noise, and the quickest way to
+    lower that loss is to give every patch one embedding (the digits run collapsed in its first
+    epoch and escaped after 16 to 33 epochs, by seed). From zero maps, every score is 0, the loss
+    is log N for the N patches of the batch, the maps get a gradient and the encoder none."""
+    batch = cpc_batch(b=2, grid=4, patch=16)
+    m = build(name, backbone="tiny", steps=2, context_layers=1).train()
+    assert m.config.predict_init == "zero"
+    out = m(batch)
+    out.loss.backward()
+    assert close(out.loss, math.log(2 * 4 * 4), 1e-12)
+    assert all(p.grad is None or not p.grad.any() for p in m.backbone.parameters())
+    assert any(p.grad is not None and p.grad.abs().max() > 1e-8 for p in m.context.predict.parameters())
+    r = build(name, backbone="tiny", steps=2, context_layers=1, predict_init="random").train()
+    out = r(batch)
+    out.loss.backward()
+    assert not close(out.loss, math.log(2 * 4 * 4), 1e-6)
+    assert any(p.grad is not None and p.grad.abs().max() > 1e-8 for p in r.backbone.parameters())
+    with pytest.raises(MethodError, match="predict_init must be one of zero, random, got 'gaussian'"):
+        build(name, backbone="tiny", predict_init="gaussian")
 
 
 def test_cpc_refuses_a_grid_whose_first_predicted_row_overlaps_the_context():
