@@ -33,6 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -86,17 +87,25 @@ def train_config(method: str, seed: int, recipe: Path, epochs: int | None):
     return tcfg.build(method, overrides=settings)
 
 
+def run_settings(config) -> dict:
+    """What a run was trained with: the train config and the method's whole config, defaults
+    included (a changed default, such as CPC's predict_init, trains the run again)."""
+    from clvr.methods.registry import get_method
+    from clvr.methods.train_config import to_dict
+    method_config = dataclasses.asdict(get_method(config.method).make_config(config.model))
+    return json.loads(json.dumps({**to_dict(config), "method_config": method_config}))
+
+
 def pretrain(method: str, seed: int, out: Path, data: Path, recipe: Path, epochs: int | None,
              name: str | None = None) -> dict:
     """Train (or reuse a finished run trained with the same settings; a run trained with others,
     such as an earlier preset, is trained again and its evaluation dropped); returns its seconds, the lowest feature spread and the
     effective ranks at the end (of the encoder's and the head's features; see clvr.methods.collapse)."""
     from clvr.methods.trainer import Trainer
-    from clvr.methods.train_config import to_dict
     run = out / "runs" / (name or f"{method}-seed{seed}")
     done = run / "done.json"
     config = train_config(method, seed, recipe, epochs)
-    settings = to_dict(config)
+    settings = run_settings(config)
     if done.is_file():
         info = json.loads(done.read_text())
         if info.get("settings") == settings:

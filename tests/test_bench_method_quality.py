@@ -149,6 +149,15 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(bench, tmp_path, m
     again = bench.pretrain("simclr", 0, tmp_path, tmp_path / "data", recipe, 4)
     assert trained == [3, 4] and again["steps"] == 40 and again["settings"]["epochs"] == 4
     assert not report.exists()
+    # a changed default of the method's config (no override names it) trains the run again
+    import dataclasses
+    from clvr.methods.registry import get_method
+    simclr = get_method("simclr")
+    made = simclr.make_config
+    monkeypatch.setattr(simclr, "make_config",
+                        classmethod(lambda cls, config=None, **kw: dataclasses.replace(made(config, **kw), dim=64)))
+    changed = bench.pretrain("simclr", 0, tmp_path, tmp_path / "data", recipe, 4)
+    assert trained == [3, 4, 4] and changed["settings"]["method_config"]["dim"] == 64
     # a run stopped by a signal (the trainer stops cleanly on SIGTERM) is not recorded as done:
     # the benchmark stops, and the next start trains it again
     with pytest.raises(SystemExit, match="simclr-seed0 stopped by SIGTERM at step 7 of 50"):
