@@ -11,8 +11,9 @@ README's ``<!-- demo output -->`` and ``<!-- /demo output -->`` markers with the
     make bench-quality                          # writes bench/out/method_quality/table.md
     python docs/readme_demo.py --quality bench/out/method_quality
 
-also replaces the block between ``<!-- method quality -->`` and ``<!-- /method quality -->``
-with the benchmark's ``table.md`` (its table, the checks of issue 12 and the feature spreads).
+replaces the block between ``<!-- method quality -->`` and ``<!-- /method quality -->`` with the
+benchmark's ``table.md`` (its tables, its checks and the runs' spreads and collapse flags); the
+demo's block is left as it is unless a demo directory is given too.
 """
 
 from __future__ import annotations
@@ -33,10 +34,19 @@ def block(summary: str) -> str:
 
 
 def quality_block(table_md: str) -> str:
-    """The benchmark's title line, then its markdown table as a table, then the checks verbatim."""
-    title, table, rest = table_md.strip().split("\n\n", 2)
-    return (f"{QUALITY_BEGIN}\n`$ make bench-quality`: {title}\n\n{table}\n\n```\n{rest.strip()}\n```\n"
-            f"{QUALITY_END}")
+    """The benchmark's title line, then its paragraphs: markdown tables as tables, the lines of
+    checks and run notes verbatim in code blocks, sentences as text."""
+    title, *parts = table_md.strip().split("\n\n")
+    body = []
+    for part in (p.strip() for p in parts):
+        if part.startswith("|"):
+            body.append(part)
+        elif "\n" in part or part.startswith(("PASS", "FAIL", "NOTE")):
+            body.append(f"```\n{part}\n```")
+        else:
+            body.append(part)
+    text = "\n\n".join(body)
+    return f"{QUALITY_BEGIN}\n`$ make bench-quality`: {title}\n\n{text}\n{QUALITY_END}"
 
 
 def replace(readme: str, begin: str, end: str, text: str) -> str:
@@ -52,8 +62,9 @@ def update(readme: str, summary: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("demo", type=Path, help="the demo's --out directory (default runs/demo-digits)",
-                   nargs="?", default=Path("runs/demo-digits"))
+    p.add_argument("demo", type=Path, nargs="?", default=None,
+                   help="the demo's --out directory (default runs/demo-digits; with --quality alone, "
+                        "the demo's block is left as it is)")
     p.add_argument("--quality", type=Path, default=None,
                    help="also paste this bench/method_quality.py --out directory's table.md")
     args = p.parse_args()
@@ -63,6 +74,9 @@ def main() -> None:
                        quality_block((args.quality / "table.md").read_text()))
         readme.write_text(text)
         print(f"README.md: method-quality table updated from {args.quality / 'table.md'}")
+        if args.demo is None:
+            return
+    args.demo = args.demo or Path("runs/demo-digits")
     summary = (args.demo / "summary.txt").read_text()
     results = json.loads((args.demo / "eval" / "results.json").read_text())
     shutil.copyfile(args.demo / "eval" / "results.json", ROOT / "docs" / "demo-results.json")
