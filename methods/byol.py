@@ -44,7 +44,7 @@ class BYOL(Method):
     reported = "74.3"
     collapse_hint = ("a known failure of methods without negatives under a wrong optimiser or lr: try optim.name=lars, "
                      "model.per_view_bn=true, a lower optim.lr or a higher model.base_momentum; on small data BYOL's "
-                     "rank falls in the first epochs and recovers in a long run (clvr.methods.small_images: 150 epochs)")
+                     "rank falls in the first epochs and, on some seeds, recovers in a long run (clvr.methods.small_images)")
 
     @dataclass
     class Config(Method.Config):
