@@ -149,11 +149,17 @@ def linear_taps(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
-
-def load_bench(name: str):
-    """The script ``bench/NAME.py`` imported as a module (the bench scripts are not a package)."""
+def load_script(path: str):
+    """The script at ``path`` (from the repository's root) imported as a module: the scripts of
+    ``bench/`` and ``docs/`` are not in a package."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    file = REPO / path
+    spec = importlib.util.spec_from_file_location(file.stem, file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench(name: str):
+    """The script ``bench/NAME.py`` imported as a module."""
+    return load_script(f"bench/{name}.py")

@@ -1,16 +1,10 @@
 """docs/readme_demo.py pastes the benchmark's table.md into the README block by block."""
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("readme_demo", ROOT / "docs" / "readme_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/readme_demo.py")
 
 
 TABLE_MD = """digits, seeds 0, 1
