@@ -7,6 +7,9 @@ Every backbone maps (B, 3, H, W) images to (B, F) features and says ``num_featur
   ``stem="cifar"``: one 3x3 stride-1 convolution and no pool, the usual choice for 32 px images.
 - ``norm="batch"`` (default), ``"layer"``: LayerNorm over each sample's (C, H, W), as CPC v2
   uses (GroupNorm with one group), or ``"none"`` (CPC v1 used no normalisation).
+- ``input_norm="image"``: each image is standardised by its own statistics before the first
+  layer (:func:`standardize_images`); ``"none"`` (default) leaves the input as it comes. It is
+  part of the network, so an exported encoder applies it wherever it is evaluated.
 """
 
 from __future__ import annotations
@@ -15,6 +18,23 @@ import difflib
 
 import torch
 from torch import nn
+
+
+INPUT_NORMS = ("none", "image")
+
+
+def standardize_images(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Each image of ``x`` (B, C, H, W) minus its own mean per channel, divided by its own
+    standard deviation over (C, H, W) after that (``eps`` added to it): what is left is the
+    image's pattern, without its mean colour, brightness and contrast."""
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    return x / (x.flatten(1).std(dim=1)[:, None, None, None] + eps)
+
+
+def _check_input_norm(kind: str) -> str:
+    if kind not in INPUT_NORMS:
+        raise ValueError(f"input_norm = {kind!r}; choose {' or '.join(map(repr, INPUT_NORMS))}")
+    return kind
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -71,8 +91,10 @@ def _shortcut(cin, cout, stride, norm):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers, stem: str = "imagenet", norm: str = "batch", width: int = 64):
+    def __init__(self, block, layers, stem: str = "imagenet", norm: str = "batch", width: int = 64,
+                 input_norm: str = "none"):
         super().__init__()
+        self.input_norm = _check_input_norm(input_norm)
         if stem == "imagenet":
             self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), _norm(norm, width),
                                       nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
@@ -96,14 +118,17 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
+        if self.input_norm == "image":
+            x = standardize_images(x)
         return self.stages(self.stem(x)).mean(dim=(2, 3))
 
 
 class TinyConvNet(nn.Module):
     """Three strided convolutions: a backbone for fast tests."""
 
-    def __init__(self, width: int = 16, norm: str = "batch"):
+    def __init__(self, width: int = 16, norm: str = "batch", input_norm: str = "none"):
         super().__init__()
+        self.input_norm = _check_input_norm(input_norm)
         layers, cin = [], 3
         for w in (width, 2 * width, 4 * width):
             layers += [nn.Conv2d(cin, w, 3, 2, 1, bias=False), _norm(norm, w), nn.ReLU(inplace=True)]
@@ -112,6 +137,8 @@ class TinyConvNet(nn.Module):
         self.num_features = cin
 
     def forward(self, x):
+        if self.input_norm == "image":
+            x = standardize_images(x)
         return self.body(x).mean(dim=(2, 3))
 
 

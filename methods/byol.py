@@ -43,8 +43,9 @@ class BYOL(Method):
     paper = "Grill et al., Bootstrap Your Own Latent, NeurIPS 2020"
     reported = "74.3"
     collapse_hint = ("a known failure of methods without negatives under a wrong optimiser or lr: try optim.name=lars, "
-                     "model.per_view_bn=true, a lower optim.lr or a higher model.base_momentum; on small data BYOL's "
-                     "rank falls in the first epochs and, on some seeds, recovers in a long run (clvr.methods.small_images)")
+                     "model.per_view_bn=true, a lower optim.lr or a higher model.base_momentum; when every view of an "
+                     "image keeps a property the augmentation does not change (its brightness, contrast or colours), "
+                     "BYOL learns that first: try model.input_norm=image (clvr.methods.small_images)")
 
     @dataclass
     class Config(Method.Config):

@@ -9,7 +9,7 @@ import sys
 
 HELP = "list the contrastive methods with their paper defaults; show one method's full config"
 EXIT_USAGE = 2
-BASE_FIELDS = ("backbone", "stem", "norm")
+BASE_FIELDS = ("backbone", "stem", "norm", "input_norm")
 
 
 def build_parser(sub) -> None:
@@ -52,7 +52,8 @@ def summary(cls) -> dict:
     views = cls.views + ("" if not cls.view_options else
                          " (" + ", ".join(f"{k}={_fmt(v)}" for k, v in cls.view_options.items()) + ")")
     return {"method": cls.name, "reads": views, "recipe": cls.recipe or "(generator's)",
-            "backbone": f"{config['backbone']}" + {"batch": "", "layer": ", LayerNorm", "none": ", no norm"}.get(config["norm"], f", {config['norm']}"),
+            "backbone": f"{config['backbone']}" + {"batch": "", "layer": ", LayerNorm", "none": ", no norm"}.get(config["norm"], f", {config['norm']}")
+                        + (", each image standardised" if config.get("input_norm", "none") != "none" else ""),
             "defaults": ", ".join(f"{k}={_fmt(v)}" for k, v in config.items() if k not in BASE_FIELDS),
             "reported": cls.reported or "—"}
 

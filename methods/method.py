@@ -36,6 +36,7 @@ from torch import nn
 
 from ..pipeline.batch import ViewBatch
 from ..pipeline.recipe import apply_overrides
+from .backbones import INPUT_NORMS
 from .backbones import backbone as make_image_backbone
 from .distributed import max_across_processes, rank_and_world
 from .errors import MethodError
@@ -86,6 +87,7 @@ class Method(nn.Module):
         stem: str = "imagenet"         # imagenet | cifar (small images)
         norm: str = "batch"            # batch | layer
         width: int = 0                 # channels of the first stage; 0: the backbone's own (64 for ResNets)
+        input_norm: str = "none"       # none | image: each image standardised by its own statistics first
 
     def __init__(self, config=None, *, num_samples: int | None = None, **overrides):
         super().__init__()
@@ -132,6 +134,13 @@ class Method(nn.Module):
         if getattr(config, "width", 0) < 0:
             raise MethodError(f"method {cls.name!r}: width must be 0 (the backbone's own) or positive, "
                               f"got {config.width}")
+        input_norm = getattr(config, "input_norm", "none")
+        if input_norm not in INPUT_NORMS:
+            raise MethodError(f"method {cls.name!r}: input_norm = {input_norm!r}; choose "
+                              f"{' or '.join(map(repr, INPUT_NORMS))}")
+        if input_norm != "none" and str(getattr(config, "backbone", "")).startswith("timm:"):
+            raise MethodError(f"method {cls.name!r}: input_norm = {input_norm!r} needs one of clvr's backbones "
+                              f"(resnet18, resnet34, resnet50, tiny), not {config.backbone!r}")
 
     @classmethod
     def check_training(cls, config, batch_size: int, world_size: int = 1, view_options: dict | None = None) -> None:
@@ -166,7 +175,8 @@ class Method(nn.Module):
         c = self.config
         if c.backbone.startswith("timm:"):
             return {}
-        return {"stem": c.stem, "norm": c.norm, **({"width": c.width} if c.width else {})}
+        return {"stem": c.stem, "norm": c.norm, **({"width": c.width} if c.width else {}),
+                **({"input_norm": c.input_norm} if c.input_norm != "none" else {})}
 
     def make_backbone(self) -> nn.Module:
         try:

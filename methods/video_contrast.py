@@ -30,6 +30,13 @@ class VideoViews:
     view_options = {"clips": 2, "frames": 8, "stride": 8}
     recipe = "simclr"
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config.input_norm != "none":
+            raise MethodError(f"method {cls.name!r}: input_norm = {config.input_norm!r} is for image backbones; "
+                              "video backbones take their clips as they come (input_norm: none)")
+
     def views_to_contrast(self, batch, count=None, at_least=1):
         clips = self.view(batch, "clips", 6)                        # (B, rho, T, 3, H, W)
         rho = clips.shape[1]
