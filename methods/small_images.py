@@ -103,8 +103,10 @@ METHODS = {
     # first epoch and escaped after 16 to 33 epochs (kNN 88.6, 93.3, 74.4 for seeds 0, 1, 2), until
     # the prediction maps started at zero (cpc.py's predict_init; seeds 0, 1, 2: kNN 91.4, 96.7,
     # 90.0, linear 98.1, 98.3, 96.9, in 8 minutes; a temperature of 0.1 or no weight decay did not
-    # shorten the collapse)
-    "cpc_v2": {"model": {"steps": 2, "skip": 0}, "optim": {"lr": 0.1},
+    # shorten the collapse). Then each patch standardised by its own statistics (input_norm:
+    # image, as BYOL's; a patch of one flat colour becomes zeros): seeds 0, 1, 2 at kNN 99.2,
+    # 98.3, 97.5, linear 99.2 each, in 6.2 to 7 minutes
+    "cpc_v2": {"model": {"steps": 2, "skip": 0, "input_norm": "image"}, "optim": {"lr": 0.1},
                "data": {"view_options": {"side": 32, "grid": 4, "patch": 8, "stride": 8}}},
     "cpc_v1": {"model": {"steps": 2, "skip": 0}, "optim": {"lr": 0.1},
                "data": {"view_options": {"side": 32, "grid": 4, "patch": 8, "stride": 8}}},
